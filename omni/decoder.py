@@ -1,0 +1,168 @@
+"""The Qwen2.5 decoder stack: GQA attention with QKV bias, M-RoPE, RMSNorm and SwiGLU.
+
+The Thinker's language model and the Talker's LM are both this module; parameter names follow the
+checkpoint (`embed_tokens`, `layers.N.self_attn.q_proj`, ..., `norm`). The module takes input
+embeddings and 3-D positions and returns final-norm hidden states; caches are passed in explicitly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omni.config import DecoderConfig
+from omni.kv_cache import KVCache
+from omni.layers import GatedMLP, RMSNorm
+from omni.rope import apply_rotary, inverse_frequencies, mrope_cos_sin, section_index
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.heads_per_kv = self.num_heads // self.num_kv_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        layer_index: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        batch, seq, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, cos, sin)
+
+        if cache is not None:
+            start = cache.length
+            end = start + seq
+            cache.keys[layer_index][:, :, start:end] = k
+            cache.values[layer_index][:, :, start:end] = v
+            k = cache.keys[layer_index][:, :, :end]
+            v = cache.values[layer_index][:, :, :end]
+
+        if seq == 1 and self.heads_per_kv > 1:
+            # One query per head: group the query heads of each kv head as that head's queries,
+            # so attention runs on the cached kv heads without repeating them.
+            grouped = q.reshape(batch, self.num_kv_heads, self.heads_per_kv, self.head_dim)
+            out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=self.scale)
+            out = out.reshape(batch, 1, self.num_heads * self.head_dim)
+        else:
+            causal = mask is None and seq > 1
+            if causal and k.shape[2] > seq:
+                raise AssertionError("a causal call without a mask must start at an empty cache")
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=self.heads_per_kv > 1
+            )
+            out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden, cos, sin, cache, layer_index, mask):
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache, layer_index, mask)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class QwenDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.register_buffer("inv_freq", inverse_frequencies(config.head_dim, config.rope_theta), persistent=False)
+        self.register_buffer("rope_component", section_index(config.mrope_section), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent buffers (after the module was created on the meta device)."""
+        device = self.norm.weight.device
+        self.inv_freq = inverse_frequencies(self.config.head_dim, self.config.rope_theta, device=device)
+        self.rope_component = section_index(self.config.mrope_section, device=device)
+
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        return KVCache.allocate(
+            self.config.num_layers,
+            batch_size,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            capacity,
+            dtype=self.norm.weight.dtype,
+            device=self.norm.weight.device,
+        )
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the stack over `inputs_embeds` (batch, seq, hidden) at `position_ids` (3, batch, seq).
+
+        With a cache, the new keys/values are appended after `cache.length` and attention sees all
+        earlier slots; `cache.length` advances. `token_mask` (batch, seq) marks real tokens of a
+        left-padded batch.
+        """
+        batch, seq, _ = inputs_embeds.shape
+        start = 0
+        if cache is not None:
+            start = cache.length
+            cache.ensure_capacity(start + seq)
+            cache.mark(start, seq, token_mask)
+        key_valid = cache.valid[:, : start + seq] if cache is not None and cache.valid is not None else token_mask
+        mask = _attention_mask(start, seq, key_valid, token_mask, inputs_embeds.device)
+
+        cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.rope_component, inputs_embeds.dtype)
+        hidden = inputs_embeds
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, cos, sin, cache, index, mask)
+        if cache is not None:
+            cache.length = start + seq
+        return self.norm(hidden)
+
+
+def _attention_mask(
+    start: int,
+    seq: int,
+    key_valid: torch.Tensor | None,
+    query_valid: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Boolean mask (batch or 1, 1, seq, start + seq), or None when plain causal attention is exact."""
+    if key_valid is None:
+        if seq == 1 or start == 0:
+            return None  # decode sees everything; a fresh prefill uses sdpa's causal flag
+        return _causal(start, seq, device)[None, None]
+    mask = key_valid[:, None, None, :].clone() if seq == 1 else key_valid[:, None, None, :] & _causal(start, seq, device)
+    if query_valid is not None and seq > 1:
+        # A padding query that may see no key would give NaN rows, and NaN values poison later
+        # layers through the zero-weighted padding slots: let padding queries see causally.
+        padding_query = ~query_valid[:, None, :, None]
+        mask = mask | (padding_query & _causal(start, seq, device))
+    return mask
+
+
+def _causal(start: int, seq: int, device: torch.device) -> torch.Tensor:
+    query_positions = torch.arange(start, start + seq, device=device)[:, None]
+    key_positions = torch.arange(start + seq, device=device)[None, :]
+    return key_positions <= query_positions

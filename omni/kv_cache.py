@@ -1,0 +1,85 @@
+"""A preallocated key/value cache for Qwen2.5 decoders.
+
+One tensor per layer for keys and one for values, shaped (batch, kv_heads, capacity, head_dim), filled
+left to right. Rows of a padded batch share one fill length; `valid` marks which slots hold real
+tokens (None when every slot below `length` does). Decoding writes into the preallocated slots and
+allocates nothing until the capacity runs out, when the buffers grow by doubling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KVCache:
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+    valid: torch.Tensor | None = None  # (batch, capacity) bool, or None when all of [0, length) is valid
+
+    @classmethod
+    def allocate(
+        cls,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> KVCache:
+        shape = (batch_size, num_kv_heads, capacity, head_dim)
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)],
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        new_capacity = max(needed, 2 * self.capacity)
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                grown = old.new_zeros(old.shape[:2] + (new_capacity,) + old.shape[3:])
+                grown[:, :, : self.length] = old[:, :, : self.length]
+                store[i] = grown
+        if self.valid is not None:
+            grown_valid = self.valid.new_zeros((self.valid.shape[0], new_capacity))
+            grown_valid[:, : self.length] = self.valid[:, : self.length]
+            self.valid = grown_valid
+
+    def mark(self, start: int, count: int, valid_rows: torch.Tensor | None = None) -> None:
+        """Record which of the slots [start, start + count) hold real tokens.
+
+        valid_rows: (batch, count) bool, or None when all of them do.
+        """
+        if valid_rows is None:
+            if self.valid is not None:
+                self.valid[:, start : start + count] = True
+            return
+        if self.valid is None:
+            self.valid = torch.zeros((self.batch_size, self.capacity), dtype=torch.bool, device=valid_rows.device)
+            self.valid[:, :start] = True
+        self.valid[:, start : start + count] = valid_rows
+
+    def truncate(self, length: int) -> None:
+        """Forget everything from slot `length` on (used to roll back a cancelled turn)."""
+        self.length = min(self.length, length)
+
+    def reset(self) -> None:
+        self.length = 0
+        self.valid = None

@@ -1,0 +1,191 @@
+"""Load a Qwen2.5-Omni checkpoint into omni's modules: strict, memory-mapped, dtype/device aware.
+
+The module tree is created on the meta device (no memory, no random init), materialised empty at the
+requested dtype and device, and each tensor is then copied in from the memory-mapped safetensors
+files one at a time: peak memory stays near one copy of the weights. Every checkpoint tensor of a
+loaded component must land in a parameter of the same name and shape, and every parameter must be
+filled, or loading stops with an error naming the keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from omni.checkpoint import (
+    GenerationDefaults,
+    WeightFiles,
+    load_generation_defaults,
+    load_speakers,
+    resolve_checkpoint,
+    weight_files,
+)
+from omni.config import OmniConfig, load_config
+from omni.errors import AudioOutputUnavailable, CheckpointError, InputError
+from omni.model import AUDIO_COMPONENTS, OmniModel
+from omni.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}
+_LISTED_KEYS = 12  # how many key names an error message spells out
+
+
+@dataclass
+class LoadedModel:
+    """Everything a session needs from one checkpoint; many sessions share one LoadedModel."""
+
+    path: Path
+    config: OmniConfig
+    model: OmniModel
+    tokenizer: Tokenizer
+    speakers: dict[str, dict] | None
+    generation: GenerationDefaults
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def audio_output(self) -> bool:
+        return self.model.audio_output and self.speakers is not None
+
+    @property
+    def voices(self) -> list[str]:
+        return sorted(self.speakers or {})
+
+
+def resolve_dtype(dtype: str | torch.dtype, config: OmniConfig) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise InputError(f"dtype must be bf16, fp16 or fp32, got {dtype}")
+        return dtype
+    if dtype == "auto":
+        return DTYPES.get(config.checkpoint_dtype or "float32", torch.float32)
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise InputError(f"dtype must be one of auto, bf16, fp16, fp32; got {dtype!r}") from None
+
+
+def load_model(
+    path_or_hub_id: str | os.PathLike,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    audio_output: bool | None = None,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a checkpoint directory (or hub id).
+
+    audio_output: True loads the talker, token2wav and the voices and fails if any is missing;
+    False loads the Thinker only (less memory, text replies); None loads audio output when the
+    checkpoint has it and warns when it does not.
+    """
+    directory = resolve_checkpoint(path_or_hub_id, revision=revision)
+    config = load_config(directory)
+    weights = weight_files(directory)
+    speakers = load_speakers(directory)
+    with_audio = _decide_audio_output(audio_output, directory, config, weights, speakers)
+    torch_dtype = resolve_dtype(dtype, config)
+    torch_device = torch.device(device)
+
+    with torch.device("meta"):
+        try:
+            model = OmniModel(config, audio_output=with_audio)
+        except AudioOutputUnavailable:
+            if audio_output:
+                raise
+            log.warning("audio output disabled: this build cannot load the talker/token2wav")
+            with_audio = False
+            model = OmniModel(config, audio_output=False)
+    model.thinker.to(torch_dtype)
+    if with_audio:
+        model.talker.to(torch_dtype)
+        model.token2wav.to(torch.float32)  # the codec runs in fp32 whatever the LLMs use
+    model.to_empty(device=torch_device)
+    model.reset_buffers()
+    _fill_strict(model, weights, config, with_audio)
+    model.eval().requires_grad_(False)
+
+    tokenizer = Tokenizer.from_checkpoint(directory)
+    generation = load_generation_defaults(directory, fallback_eos=(tokenizer.token_id("<|im_end|>"),))
+    return LoadedModel(
+        path=directory,
+        config=config,
+        model=model,
+        tokenizer=tokenizer,
+        speakers=speakers if with_audio else None,
+        generation=generation,
+        dtype=torch_dtype,
+        device=torch_device,
+    )
+
+
+def _decide_audio_output(
+    requested: bool | None, directory: Path, config: OmniConfig, weights: WeightFiles, speakers: dict | None
+) -> bool:
+    has_weights = any(name.startswith(f"{c}.") for name in weights.names for c in AUDIO_COMPONENTS)
+    problems = []
+    if not has_weights:
+        problems.append("its weights hold no talker/token2wav tensors")
+    if speakers is None:
+        problems.append(f"{directory / 'spk_dict.pt'} (the voices) is missing")
+    if requested is False:
+        return False
+    if problems:
+        if requested:
+            raise AudioOutputUnavailable(
+                f"audio output was requested but checkpoint {directory} cannot speak: {'; '.join(problems)}. "
+                "Load with audio_output=False for text replies."
+            )
+        log.warning("audio output disabled for %s: %s", directory, "; ".join(problems))
+        return False
+    return bool(config.enable_audio_output) or bool(requested)
+
+
+def _fill_strict(model: OmniModel, weights: WeightFiles, config: OmniConfig, with_audio: bool) -> None:
+    prefixes = ("thinker.",) + (tuple(f"{c}." for c in AUDIO_COMPONENTS) if with_audio else ())
+    known_prefixes = ("thinker.",) + tuple(f"{c}." for c in AUDIO_COMPONENTS)
+    targets = model.state_dict()
+    expected = set(targets)
+    wanted = {name for name in weights.names if name.startswith(prefixes)}
+    unknown = {name for name in weights.names if not name.startswith(known_prefixes)}
+
+    tie_lm_head = config.thinker.tie_word_embeddings and "thinker.lm_head.weight" not in weights.names
+    if tie_lm_head:
+        expected.discard("thinker.lm_head.weight")
+    missing = sorted(expected - wanted)
+    unexpected = sorted((wanted - expected) | unknown)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+        raise CheckpointError(
+            f"the weights in {weights.directory} do not match the Qwen2.5-Omni modules their config.json "
+            f"describes ({'; '.join(parts)})"
+        )
+
+    with torch.no_grad():
+        for name, tensor in weights.read(wanted):
+            target = targets[name]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise CheckpointError(
+                    f"{name} in {weights.directory} has shape {tuple(tensor.shape)}, but config.json makes it "
+                    f"{tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+        if tie_lm_head:
+            model.thinker.lm_head.weight = model.thinker.model.embed_tokens.weight
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED_KEYS])
+    return shown + (f", ... ({len(names) - _LISTED_KEYS} more)" if len(names) > _LISTED_KEYS else "")

@@ -1,0 +1,109 @@
+"""Thinker decoding: one prefill, then one token per step, as a generator.
+
+Each step yields the sampled token and what the Talker needs from that step: the input embeddings
+and the final hidden states of the tokens the step consumed (the whole prompt at the prefill, the
+previous token afterwards). The caller owns the KV cache, so a later turn can continue it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from omni.errors import InputError
+from omni.kv_cache import KVCache
+from omni.sampling import Sampler, SamplingParams
+from omni.thinker.model import Thinker
+
+
+@dataclass
+class ThinkerPrompt:
+    """A prompt ready for the Thinker: token ids, their embeddings (multimodal ones merged in),
+    3-D positions and, for a left-padded batch, which tokens are real."""
+
+    input_ids: torch.Tensor  # (batch, seq)
+    position_ids: torch.Tensor  # (3, batch, seq)
+    next_position: torch.Tensor  # (batch,): position of the first generated token
+    inputs_embeds: torch.Tensor | None = None  # (batch, seq, hidden); None: embed input_ids
+    token_mask: torch.Tensor | None = None  # (batch, seq) bool; None: no padding
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def text_prompt(token_ids: Sequence[Sequence[int]], pad_id: int, start_position: int = 0) -> ThinkerPrompt:
+    """Left-pad token lists into one batch with text positions (all three rope components equal)."""
+    if not token_ids or any(len(ids) == 0 for ids in token_ids):
+        raise InputError("every prompt must hold at least one token")
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), longest), dtype=torch.bool)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, longest - len(ids) :] = True
+    positions = mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(~mask, 1) + start_position  # padding positions are never attended
+    padded = not bool(mask.all())
+    return ThinkerPrompt(
+        input_ids=input_ids,
+        position_ids=positions.unsqueeze(0).expand(3, -1, -1).contiguous(),
+        next_position=mask.sum(-1) + start_position,
+        token_mask=mask if padded else None,
+    )
+
+
+@dataclass
+class ThinkerStep:
+    index: int  # 0 for the prefill
+    token_ids: torch.Tensor  # (batch,) the tokens sampled at this step
+    input_embeds: torch.Tensor  # (batch, n, hidden) embeddings of the tokens this step consumed
+    hidden: torch.Tensor  # (batch, n, hidden) final-norm hidden states of those tokens
+    finished: torch.Tensor  # (batch,) bool: the row has produced a stop token by now
+
+
+@torch.inference_mode()
+def stream_thinker(
+    thinker: Thinker,
+    prompt: ThinkerPrompt,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int],
+    pad_token_id: int,
+    cache: KVCache | None = None,
+    forbidden_tokens: torch.Tensor | None = None,
+) -> Iterator[ThinkerStep]:
+    """Generate up to `max_new_tokens` tokens; a row stops after its first stop token (finished rows
+    are fed `pad_token_id` until every row has stopped). With `cache`, the prompt is appended to
+    what the cache already holds (the positions in `prompt` must continue from there)."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = thinker.device
+    batch = prompt.batch_size
+    input_ids = prompt.input_ids.to(device)
+    if cache is None:
+        cache = thinker.model.new_cache(batch, input_ids.shape[1] + max_new_tokens)
+    cache.ensure_capacity(cache.length + input_ids.shape[1] + max_new_tokens)
+
+    embeds = prompt.inputs_embeds.to(device) if prompt.inputs_embeds is not None else thinker.embed(input_ids)
+    token_mask = prompt.token_mask.to(device) if prompt.token_mask is not None else None
+    sampler = Sampler(sampling, batch, thinker.config.text.vocab_size, device, forbidden_tokens)
+    sampler.observe(input_ids)  # padding included, as transformers' repetition penalty sees it
+    stop_ids = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
+    position = prompt.next_position.to(device).view(batch, 1)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    hidden = thinker(embeds, prompt.position_ids.to(device), cache=cache, token_mask=token_mask)
+    for index in range(max_new_tokens):
+        next_ids = sampler(thinker.lm_head(hidden[:, -1]))
+        next_ids = torch.where(finished, torch.full_like(next_ids, pad_token_id), next_ids)
+        finished = finished | torch.isin(next_ids, stop_ids)
+        yield ThinkerStep(index=index, token_ids=next_ids, input_embeds=embeds, hidden=hidden, finished=finished)
+        if bool(finished.all()) or index + 1 == max_new_tokens:
+            return
+        sampler.observe(next_ids[:, None])
+        embeds = thinker.embed(next_ids[:, None])
+        hidden = thinker(embeds, position.expand(3, batch, 1), cache=cache)
+        position = position + 1

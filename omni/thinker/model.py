@@ -1,0 +1,44 @@
+"""The Thinker module tree, named as the checkpoint names it (`thinker.model.*`, `thinker.lm_head`,
+`thinker.audio_tower.*`, `thinker.visual.*`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoders.audio_encoder import AudioEncoder
+from encoders.vision_encoder import VisionEncoder
+from omni.config import ThinkerConfig
+from omni.decoder import QwenDecoder
+from omni.kv_cache import KVCache
+
+
+class Thinker(nn.Module):
+    def __init__(self, config: ThinkerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = QwenDecoder(config.text)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        self.audio_tower = AudioEncoder(config.audio)
+        self.visual = VisionEncoder(config.vision)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (batch, seq, hidden); the logits are `self.lm_head(hidden)`."""
+        return self.model(inputs_embeds, position_ids, cache=cache, token_mask=token_mask)

@@ -1,0 +1,67 @@
+"""Shared fixtures: random-weight checkpoints built once (and cached across runs) per preset."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("OMNI_TEST_CACHE", REPO / ".omni-cache"))
+STOP_IDS = [151645, 151643]
+PAD_ID = 151643
+
+
+def _checkpoint_fingerprint() -> str:
+    """Changes whenever what make_checkpoint writes could change."""
+    import transformers
+
+    digest = hashlib.sha256(transformers.__version__.encode())
+    for name in ("omni/make_checkpoint.py", "omni/presets.py", "omni/tokenizer.py"):
+        digest.update((REPO / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def build_checkpoint(preset: str) -> Path:
+    from omni.make_checkpoint import make_checkpoint
+
+    target = CACHE / f"{preset}-{_checkpoint_fingerprint()}"
+    if not (target / "complete").exists():
+        scratch = target.with_name(target.name + f".tmp{os.getpid()}")
+        make_checkpoint(scratch, preset=preset)
+        (scratch / "complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    return build_checkpoint("tiny")
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint() -> Path:
+    return build_checkpoint("small")
+
+
+@pytest.fixture(scope="session", params=["tiny", "small"])
+def checkpoint(request) -> Path:
+    return build_checkpoint(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tiny_checkpoint):
+    from omni.loading import load_model
+
+    return load_model(tiny_checkpoint, dtype="fp32", audio_output=False)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
