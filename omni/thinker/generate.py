@@ -28,6 +28,9 @@ class ThinkerPrompt:
     next_position: torch.Tensor  # (batch,): position of the first generated token
     inputs_embeds: torch.Tensor | None = None  # (batch, seq, hidden); None: embed input_ids
     token_mask: torch.Tensor | None = None  # (batch, seq) bool; None: no padding
+    # (batch, seq) bool: positions whose embeddings came from the audio/vision encoders (the Talker
+    # sees zeros there, as the reference feeds it); None: a text-only prompt
+    multimodal_mask: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
