@@ -291,3 +291,29 @@ def write_tokenizer(target: Path) -> None:
     (target / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2), encoding="utf-8")
     added = {content: FIRST_ADDED_ID + offset for offset, (content, _) in enumerate(ADDED_TOKENS)}
     (target / "added_tokens.json").write_text(json.dumps(added, indent=2), encoding="utf-8")
+
+
+def cached_checkpoint(preset: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The checkpoint of `preset`, built once and reused while the code that builds it is unchanged
+    (tests and benchmarks share it). Default cache: $OMNI_TEST_CACHE or .omni-cache/ in the repo."""
+    import hashlib
+
+    import transformers
+
+    repo = Path(__file__).resolve().parent.parent
+    cache = Path(cache_dir or os.environ.get("OMNI_TEST_CACHE") or repo / ".omni-cache")
+    digest = hashlib.sha256(transformers.__version__.encode())
+    for module in ("make_checkpoint.py", "presets.py", "tokenizer.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    target = cache / f"{preset}-{digest.hexdigest()[:12]}"
+    if not (target / "complete").exists():
+        scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        make_checkpoint(scratch, preset=preset)
+        (scratch / "complete").touch()
+        try:
+            scratch.rename(target)
+        except OSError:  # another process finished the same build first
+            shutil.rmtree(scratch, ignore_errors=True)
+            if not (target / "complete").exists():
+                raise
+    return target

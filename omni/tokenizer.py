@@ -42,16 +42,8 @@ class Tokenizer:
         self._backend = backend
         self.special_tokens = dict(special_tokens)
         self.special_ids = frozenset(special_tokens.values())
-        unicode_to_byte = {char: byte for byte, char in byte_to_unicode().items()}
-        vocab = backend.get_vocab(with_added_tokens=True)
-        self.vocab_size = max(vocab.values()) + 1
-        # id -> raw bytes, for byte-exact streaming detokenisation
-        self._bytes: list[bytes] = [b""] * self.vocab_size
-        for token, token_id in vocab.items():
-            if token_id in self.special_ids:
-                self._bytes[token_id] = token.encode("utf-8")
-            else:
-                self._bytes[token_id] = bytes(unicode_to_byte[ch] for ch in token if ch in unicode_to_byte)
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self._unicode_to_byte = {char: byte for byte, char in byte_to_unicode().items()}
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path) -> Tokenizer:
@@ -87,9 +79,13 @@ class Tokenizer:
         return token_id
 
     def token_bytes(self, token_id: int) -> bytes:
-        if 0 <= token_id < self.vocab_size:
-            return self._bytes[token_id]
-        return b""  # ids past the vocabulary (the model's padded embedding rows) carry no text
+        """The raw bytes a token stands for (byte-level BPE tokens may hold part of a character)."""
+        token = self._backend.id_to_token(token_id)
+        if token is None:
+            return b""  # ids past the vocabulary (the model's padded embedding rows) carry no text
+        if token_id in self.special_ids:
+            return token.encode("utf-8")
+        return bytes(self._unicode_to_byte[char] for char in token if char in self._unicode_to_byte)
 
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,27 +14,10 @@ STOP_IDS = [151645, 151643]
 PAD_ID = 151643
 
 
-def _checkpoint_fingerprint() -> str:
-    """Changes whenever what make_checkpoint writes could change."""
-    import transformers
-
-    digest = hashlib.sha256(transformers.__version__.encode())
-    for name in ("omni/make_checkpoint.py", "omni/presets.py", "omni/tokenizer.py"):
-        digest.update((REPO / name).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def build_checkpoint(preset: str) -> Path:
-    from omni.make_checkpoint import make_checkpoint
+    from omni.make_checkpoint import cached_checkpoint
 
-    target = CACHE / f"{preset}-{_checkpoint_fingerprint()}"
-    if not (target / "complete").exists():
-        scratch = target.with_name(target.name + f".tmp{os.getpid()}")
-        make_checkpoint(scratch, preset=preset)
-        (scratch / "complete").touch()
-        shutil.rmtree(target, ignore_errors=True)
-        scratch.rename(target)
-    return target
+    return cached_checkpoint(preset, CACHE)
 
 
 @pytest.fixture(scope="session")

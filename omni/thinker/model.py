@@ -19,6 +19,10 @@ class Thinker(nn.Module):
         self.config = config
         self.model = QwenDecoder(config.text)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        # Kept column-major (same values, names and shape as the checkpoint's): for this tall, thin
+        # matrix PyTorch's CPU product with one activation row streams 1.4-2x faster in that layout,
+        # and the vocabulary projection is the largest single read of every decoding step.
+        self.lm_head.weight = nn.Parameter(self.lm_head.weight.detach().t().contiguous().t())
         self.audio_tower = AudioEncoder(config.audio)
         self.visual = VisionEncoder(config.vision)
 

@@ -1,0 +1,201 @@
+"""Checkpoint loading: strict names and shapes, sharding, dtypes, memory, and error messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from omni.errors import AudioOutputUnavailable, CheckpointError, InputError
+from omni.loading import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _copy_checkpoint(source: Path, target: Path) -> Path:
+    """A writable copy whose weight file(s) can be edited (other files are linked)."""
+    target.mkdir()
+    for path in source.iterdir():
+        if path.suffix == ".safetensors" or path.name.endswith(".index.json"):
+            shutil.copy(path, target / path.name)
+        else:
+            (target / path.name).symlink_to(path)
+    return target
+
+
+def _edit_single_file(directory: Path, edit) -> None:
+    path = directory / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_every_thinker_tensor_lands_where_the_checkpoint_names_it(tiny_checkpoint, tiny_text_model):
+    stored = load_file(tiny_checkpoint / "model.safetensors")
+    ours = tiny_text_model.model.state_dict()
+    thinker_names = {name for name in stored if name.startswith("thinker.")}
+    assert thinker_names == set(ours)
+    for name in ("thinker.model.layers.1.self_attn.q_proj.bias", "thinker.lm_head.weight",
+                 "thinker.visual.merger.mlp.2.weight", "thinker.audio_tower.layers.0.self_attn.k_proj.weight"):
+        assert torch.equal(ours[name], stored[name]), name
+
+
+def test_missing_key_is_named(tiny_checkpoint, tmp_path):
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    _edit_single_file(copy, lambda t: t.pop("thinker.model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"1 missing: thinker\.model\.layers\.1\.mlp\.up_proj\.weight"):
+        load_model(copy, audio_output=False)
+
+
+def test_unexpected_key_is_named(tiny_checkpoint, tmp_path):
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    _edit_single_file(copy, lambda t: t.update({"thinker.model.layers.9.extra.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match=r"1 unexpected: thinker\.model\.layers\.9\.extra\.weight"):
+        load_model(copy, audio_output=False)
+
+
+def test_foreign_prefix_is_unexpected_even_without_audio(tiny_checkpoint, tmp_path):
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    _edit_single_file(copy, lambda t: t.update({"vision_tower.proj.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match=r"unexpected: vision_tower\.proj\.weight"):
+        load_model(copy, audio_output=False)
+
+
+def test_shape_mismatch_is_named(tiny_checkpoint, tmp_path):
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    _edit_single_file(copy, lambda t: t.update({"thinker.model.norm.weight": torch.ones(65)}))
+    with pytest.raises(CheckpointError, match=r"thinker\.model\.norm\.weight .*shape \(65,\).*\(64,\)"):
+        load_model(copy, audio_output=False)
+
+
+def test_sharded_checkpoint_loads_every_shard(small_checkpoint):
+    index = json.loads((small_checkpoint / "model.safetensors.index.json").read_text())
+    thinker_files = {file for name, file in index["weight_map"].items() if name.startswith("thinker.")}
+    assert len(set(index["weight_map"].values())) > 1 and len(thinker_files) > 1
+    loaded = load_model(small_checkpoint, dtype="fp32", audio_output=False)
+    state = loaded.model.state_dict()
+    for file in sorted(thinker_files):
+        stored = load_file(small_checkpoint / file)
+        name = next(n for n in sorted(stored) if n.startswith("thinker."))
+        assert torch.equal(state[name], stored[name]), name
+
+
+def test_missing_shard_file_is_named(small_checkpoint, tmp_path):
+    copy = _copy_checkpoint(small_checkpoint, tmp_path / "ckpt")
+    (copy / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00003.safetensors.*incomplete download"):
+        load_model(copy, audio_output=False)
+
+
+@pytest.mark.parametrize("dtype, expected", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
+def test_dtype_choice(tiny_checkpoint, dtype, expected):
+    loaded = load_model(tiny_checkpoint, dtype=dtype, audio_output=False)
+    assert {p.dtype for p in loaded.model.parameters()} == {expected}
+    stored = load_file(tiny_checkpoint / "model.safetensors")["thinker.model.embed_tokens.weight"]
+    assert torch.equal(loaded.model.thinker.model.embed_tokens.weight, stored.to(expected))
+    # the rope tables stay fp32 whatever the weights are
+    assert loaded.model.thinker.model.inv_freq.dtype == torch.float32
+
+
+def test_bf16_thinker_tracks_fp32(tiny_checkpoint, tiny_text_model):
+    bf16 = load_model(tiny_checkpoint, dtype="bf16", audio_output=False)
+    ids = torch.tensor([[151644, 872, 198, 9707, 1879, 151645, 198]])
+    positions = torch.arange(ids.shape[1]).expand(3, 1, -1)
+    with torch.no_grad():
+        reference = tiny_text_model.model.thinker.lm_head(
+            tiny_text_model.model.thinker(tiny_text_model.model.thinker.embed(ids), positions)
+        )
+        low = bf16.model.thinker.lm_head(bf16.model.thinker(bf16.model.thinker.embed(ids), positions)).float()
+    scale = reference.abs().max()
+    assert (low - reference).abs().max() < 0.05 * scale
+
+
+def test_unknown_dtype_is_rejected(tiny_checkpoint):
+    with pytest.raises(InputError, match="dtype must be one of auto, bf16, fp16, fp32; got 'int8'"):
+        load_model(tiny_checkpoint, dtype="int8", audio_output=False)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_directory_without_weights(tiny_checkpoint, tmp_path):
+    copy = tmp_path / "ckpt"
+    copy.mkdir()
+    (copy / "config.json").symlink_to(tiny_checkpoint / "config.json")
+    (copy / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"neither model.safetensors.index.json nor model.safetensors .*pytorch_model.bin.*safetensors only"):
+        load_model(copy)
+
+
+def test_wrong_model_type_file(tiny_checkpoint, tmp_path):
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    raw = json.loads((tiny_checkpoint / "config.json").read_text())
+    raw["model_type"] = "qwen2_5_vl"
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="model_type='qwen2_5_vl'"):
+        load_model(copy)
+
+
+def test_missing_speakers_fail_only_when_audio_is_asked_for(tiny_checkpoint, tmp_path, caplog):
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    (copy / "spk_dict.pt").unlink()
+    with pytest.raises(AudioOutputUnavailable, match=r"spk_dict\.pt \(the voices\) is missing"):
+        load_model(copy, audio_output=True)
+    with caplog.at_level("WARNING"):
+        loaded = load_model(copy)  # audio_output=None: text replies, with a warning
+    assert not loaded.audio_output and loaded.speakers is None
+    assert "spk_dict.pt" in caplog.text
+
+
+def test_hub_id_without_network_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="not a local directory and downloading it from the hub failed"):
+        load_model("Qwen/Qwen2.5-Omni-7B")
+
+
+MEMORY_PROBE = r"""
+import sys, threading, time, torch
+def anon():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('RssAnon'):
+                return int(line.split()[1]) * 1024
+peak = [0]
+running = [True]
+def poll():
+    while running[0]:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.0005)
+from omni.loading import load_model
+import omni.loading  # noqa
+before = anon()
+thread = threading.Thread(target=poll); thread.start()
+loaded = load_model(sys.argv[1], dtype=sys.argv[2], audio_output=False)
+running[0] = False; thread.join()
+params = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+print(params, peak[0] - before)
+"""
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_peak_memory_stays_near_one_copy(small_checkpoint, dtype):
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(small_checkpoint), dtype],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )
+    params, peak = (int(v) for v in out.stdout.split())
+    # Fixed costs besides the weights: the Rust tokenizer (~90 MB) and torch's meta-device machinery
+    # (~80 MB). Reading everything first and copying after would add another full copy on top.
+    fixed = 256 * 2**20
+    assert peak <= 1.1 * params + fixed, f"peak anonymous memory {peak / 2**20:.0f} MiB for {params / 2**20:.0f} MiB of weights"
