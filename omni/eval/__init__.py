@@ -1,0 +1,1 @@
+"""Batch evaluation: speech recognition (WER/CER) and visual question answering."""
