@@ -1,0 +1,278 @@
+"""Conversations with images, audio and video -> a `ThinkerPrompt`.
+
+Three stages, so that a pipeline can time and schedule them separately:
+
+1. `prepare_prompt` (CPU): render the chat template, load and preprocess the media (decode, resize,
+   normalise, patchify, log-mel), expand each placeholder to its token count, left-pad the batch and
+   compute the TMRoPE positions. No model forward.
+2. `encode_media` (the expensive part): the vision and audio towers.
+3. `merge_prompt`: token embeddings with the towers' outputs written at the placeholder positions.
+
+`build_prompt` runs all three. `prepare_prompt(..., continuation=True, start_position=p)` renders only
+the new messages (no system block) with positions starting at `p`, for a turn appended to a KV cache.
+
+Placeholders expand as the transformers processor expands them: <|IMAGE|> / <|VIDEO|> to one token
+per merged 2 x 2 patch block, <|AUDIO|> to one token per 40 ms; with use_audio_in_video a video that
+has an audio track becomes <|audio_bos|> video chunk 0, audio chunk 0, video chunk 1, ... <|audio_eos|>
+(2-second chunks) inside its <|vision_bos|> ... <|vision_eos|>.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.audio_encoder import audio_token_count
+from encoders.audio_features import AudioFeatures, extract_features, feature_frames
+from encoders.image_processing import PatchGeometry, VisionBatch, process_images, process_videos
+from encoders.limits import MediaLimits
+from encoders.messages import MediaItem, as_conversations, load_conversation_media
+from omni.chat import TEMPLATE_SYSTEM_PROMPT, render_chat
+from omni.config import ThinkerConfig
+from omni.errors import InputError, MediaError
+from omni.rope_index import chunk_bounds, rope_index
+from omni.thinker.generate import ThinkerPrompt
+from omni.thinker.model import Thinker
+from omni.tokenizer import Tokenizer
+
+
+@dataclass
+class MediaInputs:
+    """Preprocessed media of a whole batch, in prompt order (row 0's items first)."""
+
+    images: VisionBatch | None = None
+    videos: VisionBatch | None = None
+    video_second_per_grid: torch.Tensor | None = None  # (videos,) float32: seconds per temporal patch
+    audio: AudioFeatures | None = None  # standalone clips and videos' audio tracks, in prompt order
+
+
+@dataclass
+class PreparedPrompt:
+    input_ids: torch.Tensor  # (batch, seq) long, left-padded
+    token_mask: torch.Tensor | None  # (batch, seq) bool; None when no row is padded
+    position_ids: torch.Tensor  # (3, batch, seq)
+    next_position: torch.Tensor  # (batch,)
+    multimodal_mask: torch.Tensor  # (batch, seq) bool: placeholder tokens the towers fill
+    media: MediaInputs
+    items: list[list[MediaItem]]  # the decoded media of each conversation
+
+
+@dataclass
+class MediaEmbeddings:
+    image: torch.Tensor | None = None  # (image tokens, hidden)
+    video: torch.Tensor | None = None
+    audio: torch.Tensor | None = None
+
+
+def build_prompt(loaded, conversations: Any, **options: Any) -> ThinkerPrompt:
+    """Everything at once for a `LoadedModel`; `options` are `prepare_prompt`'s keyword arguments."""
+    thinker = loaded.model.thinker
+    prepared = prepare_prompt(loaded.tokenizer, thinker.config, conversations,
+                              pad_token_id=loaded.generation.pad_token_id, **options)
+    return merge_prompt(thinker, prepared, encode_media(thinker, prepared.media))
+
+
+def prepare_prompt(
+    tokenizer: Tokenizer,
+    config: ThinkerConfig,
+    conversations: Any,
+    *,
+    pad_token_id: int,
+    system_prompt: str | None = None,
+    use_audio_in_video: bool = False,
+    limits: MediaLimits | None = None,
+    add_generation_prompt: bool = True,
+    continuation: bool = False,
+    prefix: str = "",
+    start_position: int | Sequence[int] | torch.Tensor = 0,
+) -> PreparedPrompt:
+    """One conversation or a batch of them -> ids, positions and preprocessed media.
+
+    continuation: render only these messages (the turn appended to an existing conversation whose
+    KV cache the caller keeps), after `prefix` (e.g. the "<|im_end|>\\n" that closes the previous
+    reply when its stop token was not fed back); positions start at `start_position` (per row)."""
+    limits = limits or MediaLimits()
+    geometry = PatchGeometry.from_config(config.vision)
+    batch = as_conversations(conversations)
+    items = [load_conversation_media(conversation, use_audio_in_video, limits, geometry) for conversation in batch]
+    media = preprocess_media(items, geometry)
+    rows = []
+    for conversation, row_items in zip(batch, items):
+        text = prefix + _render(conversation, add_generation_prompt, system_prompt, continuation)
+        rows.append(tokenizer.encode(text))
+    audio_lens = media.audio.feature_lens.tolist() if media.audio is not None else []
+    expanded = _expand_rows(rows, items, media, audio_lens, config, geometry)
+    input_ids, mask = _left_pad(expanded, pad_token_id)
+    ids = config.token_ids
+    positions, next_position = rope_index(
+        input_ids, ids,
+        image_grid_thw=media.images.grid_thw if media.images is not None else None,
+        video_grid_thw=media.videos.grid_thw if media.videos is not None else None,
+        video_second_per_grid=media.video_second_per_grid,
+        audio_feature_lens=media.audio.feature_lens if media.audio is not None else None,
+        token_mask=mask, spatial_merge_size=geometry.merge_size,
+        position_id_per_seconds=config.position_id_per_seconds, seconds_per_chunk=config.seconds_per_chunk,
+    )
+    start = torch.as_tensor(start_position, dtype=torch.long).expand(len(batch))
+    positions = torch.where(mask.unsqueeze(0), positions + start.view(1, -1, 1), positions)
+    multimodal = torch.isin(input_ids, torch.tensor([ids.image, ids.video, ids.audio])) & mask
+    return PreparedPrompt(
+        input_ids=input_ids, token_mask=None if bool(mask.all()) else mask, position_ids=positions,
+        next_position=next_position + start, multimodal_mask=multimodal, media=media, items=items,
+    )
+
+
+def preprocess_media(items: list[list[MediaItem]], geometry: PatchGeometry) -> MediaInputs:
+    flat = [item for row in items for item in row]
+    images = [item.image for item in flat if item.kind == "image"]
+    videos = [item for item in flat if item.kind == "video"]
+    waveforms = []
+    for item in flat:
+        waveform = item.waveform if item.kind == "audio" else item.video_audio
+        if waveform is None:
+            continue
+        if audio_token_count(feature_frames(waveform.shape[0])) < 1:
+            raise MediaError(f"audio {item.name!r} is {waveform.shape[0]} samples long; at least 321 samples "
+                             "(20 ms at 16 kHz) are needed for one audio token")
+        waveforms.append(waveform)
+    return MediaInputs(
+        images=process_images(images, geometry) if images else None,
+        videos=process_videos([item.frames for item in videos], geometry) if videos else None,
+        # the processor's value: a temporal patch spans temporal_patch_size sampled frames
+        video_second_per_grid=torch.tensor(
+            [geometry.temporal_patch_size / item.sample_fps for item in videos], dtype=torch.float32
+        ) if videos else None,
+        audio=extract_features(waveforms) if waveforms else None,
+    )
+
+
+@torch.inference_mode()
+def encode_media(thinker: Thinker, media: MediaInputs) -> MediaEmbeddings:
+    """Run the vision tower over images and videos and the audio tower over all clips."""
+    device, dtype = thinker.device, thinker.visual.patch_embed.proj.weight.dtype
+    out = MediaEmbeddings()
+    if media.images is not None:
+        out.image = thinker.visual(media.images.pixel_values.to(device, dtype), media.images.grid_thw)
+    if media.videos is not None:
+        out.video = thinker.visual(media.videos.pixel_values.to(device, dtype), media.videos.grid_thw)
+    if media.audio is not None:
+        audio_dtype = thinker.audio_tower.conv1.weight.dtype
+        out.audio = thinker.audio_tower(media.audio.input_features.to(device, audio_dtype),
+                                        media.audio.feature_lens.to(device))
+    return out
+
+
+@torch.inference_mode()
+def merge_prompt(thinker: Thinker, prepared: PreparedPrompt, embeddings: MediaEmbeddings) -> ThinkerPrompt:
+    device = thinker.device
+    input_ids = prepared.input_ids.to(device)
+    embeds = thinker.embed(input_ids)
+    ids = thinker.config.token_ids
+    for token, features in ((ids.image, embeddings.image), (ids.video, embeddings.video),
+                            (ids.audio, embeddings.audio)):
+        slots = input_ids == token
+        if prepared.token_mask is not None:
+            slots &= prepared.token_mask.to(device)
+        count = int(slots.sum())
+        if features is None and count == 0:
+            continue
+        if features is None or features.shape[0] != count:
+            raise InputError(f"the prompt has {count} placeholder tokens for token id {token} but the encoders "
+                             f"produced {0 if features is None else features.shape[0]} embeddings")
+        embeds[slots] = features.to(embeds.dtype)
+    has_media = bool(prepared.multimodal_mask.any())
+    return ThinkerPrompt(
+        input_ids=prepared.input_ids, position_ids=prepared.position_ids, next_position=prepared.next_position,
+        inputs_embeds=embeds, token_mask=prepared.token_mask,
+        multimodal_mask=prepared.multimodal_mask if has_media else None,
+    )
+
+
+def _render(conversation, add_generation_prompt: bool, system_prompt: str | None, continuation: bool) -> str:
+    if not continuation or (conversation and conversation[0].get("role") == "system"):
+        return render_chat(conversation, add_generation_prompt=add_generation_prompt, system_prompt=system_prompt)
+    # the template opens with a system block when the first message is not one; a continued
+    # conversation already has it, so render with the default block and cut it off
+    text = render_chat(conversation, add_generation_prompt=add_generation_prompt, system_prompt=TEMPLATE_SYSTEM_PROMPT)
+    head = f"<|im_start|>system\n{TEMPLATE_SYSTEM_PROMPT}<|im_end|>\n"
+    return text[len(head):]
+
+
+def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerConfig, geometry: PatchGeometry):
+    """Replace each placeholder token by its run of tokens (the items' order within a row is the
+    placeholders' order, as both follow the content items)."""
+    ids = config.token_ids
+    merge_unit = geometry.merge_size**2
+    image_tokens = media.images.token_counts(geometry.merge_size) if media.images is not None else []
+    video_grids = media.videos.grid_thw.tolist() if media.videos is not None else []
+    image_at = video_at = audio_at = 0
+    expanded = []
+    for row, row_items in zip(rows, items):
+        wanted = {kind: sum(item.kind == kind for item in row_items) for kind in ("image", "audio", "video")}
+        found = {"image": row.count(ids.image), "audio": row.count(ids.audio), "video": row.count(ids.video)}
+        if wanted != found:
+            raise InputError(
+                f"the rendered prompt holds {found} media placeholders but the messages carry {wanted} media items; "
+                "text must not contain <|IMAGE|>, <|AUDIO|> or <|VIDEO|> itself"
+            )
+        out: list[int] = []
+        videos = iter(item for item in row_items if item.kind == "video")
+        for token in row:
+            if token == ids.image:
+                out.extend([ids.image] * image_tokens[image_at])
+                image_at += 1
+            elif token == ids.audio:
+                out.extend([ids.audio] * audio_token_count(audio_lens[audio_at]))
+                audio_at += 1
+            elif token == ids.video:
+                grid = video_grids[video_at]
+                video_tokens = grid[0] * grid[1] * grid[2] // merge_unit
+                video = next(videos)
+                if video.video_audio is None:
+                    out.extend([ids.video] * video_tokens)
+                else:
+                    # float64 seconds, as the processor holds them (the rope index uses float32)
+                    seconds = geometry.temporal_patch_size / video.sample_fps
+                    audio_tokens = audio_token_count(audio_lens[audio_at])
+                    out.extend(_interleave(grid, seconds, audio_tokens, geometry, config))
+                    audio_at += 1
+                video_at += 1
+            else:
+                out.append(token)
+        expanded.append(out)
+    return expanded
+
+
+def _interleave(grid, second_per_grid: float, audio_tokens: int, geometry: PatchGeometry, config: ThinkerConfig):
+    """<|audio_bos|> video chunk 0, audio chunk 0, video chunk 1, ... <|audio_eos|>. Chunk bounds use the
+    processor's float64 time values (not the rope's truncated float32 ones)."""
+    ids = config.token_ids
+    per_chunk = int(config.position_id_per_seconds * config.seconds_per_chunk)
+    rows, cols = grid[1] // geometry.merge_size, grid[2] // geometry.merge_size
+    video_time = np.repeat(np.arange(grid[0]), rows * cols) * second_per_grid * config.position_id_per_seconds
+    video_chunks = chunk_bounds(video_time.tolist(), per_chunk)
+    audio_chunks = chunk_bounds(list(range(audio_tokens)), per_chunk)
+    out = [ids.audio_start]
+    for chunk in range(max(len(video_chunks), len(audio_chunks))):
+        if chunk < len(video_chunks):
+            out.extend([ids.video] * (video_chunks[chunk][1] - video_chunks[chunk][0]))
+        if chunk < len(audio_chunks):
+            out.extend([ids.audio] * (audio_chunks[chunk][1] - audio_chunks[chunk][0]))
+    out.append(ids.audio_end)
+    return out
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not rows or any(len(row) == 0 for row in rows):
+        raise InputError("every prompt must hold at least one token")
+    longest = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for index, row in enumerate(rows):
+        input_ids[index, longest - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[index, longest - len(row):] = True
+    return input_ids, mask
