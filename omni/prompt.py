@@ -88,13 +88,15 @@ def prepare_prompt(
     add_generation_prompt: bool = True,
     continuation: bool = False,
     prefix: str = "",
+    prefix_ids: Sequence[int] = (),
     start_position: int | Sequence[int] | torch.Tensor = 0,
 ) -> PreparedPrompt:
     """One conversation or a batch of them -> ids, positions and preprocessed media.
 
     continuation: render only these messages (the turn appended to an existing conversation whose
-    KV cache the caller keeps), after `prefix` (e.g. the "<|im_end|>\\n" that closes the previous
-    reply when its stop token was not fed back); positions start at `start_position` (per row)."""
+    KV cache the caller keeps), after `prefix_ids` (e.g. the last sampled token, which the cache has
+    not consumed) and `prefix` text (e.g. the "<|im_end|>\\n" that closes the previous reply); positions
+    start at `start_position` (per row)."""
     limits = limits or MediaLimits()
     geometry = PatchGeometry.from_config(config.vision)
     batch = as_conversations(conversations)
@@ -103,7 +105,7 @@ def prepare_prompt(
     rows = []
     for conversation, row_items in zip(batch, items):
         text = prefix + _render(conversation, add_generation_prompt, system_prompt, continuation)
-        rows.append(tokenizer.encode(text))
+        rows.append(list(prefix_ids) + tokenizer.encode(text))
     audio_lens = media.audio.feature_lens.tolist() if media.audio is not None else []
     expanded = _expand_rows(rows, items, media, audio_lens, config, geometry)
     input_ids, mask = _left_pad(expanded, pad_token_id)
