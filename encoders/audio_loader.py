@@ -109,7 +109,8 @@ def check_waveform(waveform: np.ndarray, limits: MediaLimits, label: str) -> np.
     if seconds > limits.max_audio_seconds:
         raise MediaError(
             f"audio {label!r} is longer than the {limits.max_audio_seconds:g} s limit (at least {seconds:.1f} s); "
-            "cut it with audio_start/audio_end or raise MediaLimits.max_audio_seconds"
+            "cut it (audio_start/audio_end, or video_start/video_end for a video's track) or raise "
+            "MediaLimits.max_audio_seconds"
         )
     if not np.isfinite(waveform).all():
         raise MediaError(f"audio {label!r} contains NaN or infinite samples")

@@ -139,15 +139,10 @@ def video_size_for(
     return size
 
 
-def resize_image(image: Image.Image, height: int, width: int) -> Image.Image:
-    if image.size == (width, height):
-        return image
-    return image.resize((width, height), Image.Resampling.BICUBIC)
-
-
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(T, 3, H, W) uint8 -> (T, 3, height, width) uint8, bicubic with antialiasing (qwen-omni-utils'
-    torchvision resize)."""
+    """(T, 3, H, W) uint8 -> (T, 3, height, width) uint8: torchvision's bicubic with antialiasing on
+    uint8, the resize the transformers processor applies to images and video frames (and
+    qwen-omni-utils to video frames), so that omni's pixels are the processor's pixels."""
     if tuple(frames.shape[-2:]) == (height, width):
         return frames
     from torchvision.transforms.v2 import functional as tvf
@@ -155,50 +150,69 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
     return tvf.resize(frames, [height, width], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True)
 
 
+def image_frames(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (1, 3, H, W) uint8."""
+    array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def frames_to_image(frames: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) uint8 -> RGB PIL image."""
+    return Image.fromarray(frames[0].permute(1, 2, 0).contiguous().numpy(), "RGB")
+
+
 def normalize(frames: torch.Tensor) -> torch.Tensor:
-    """(T, 3, H, W) uint8 or float pixel values in [0, 255] -> float32, CLIP-normalised.
-    Rescale and normalise are one affine map: (x - 255 mean) / (255 std)."""
-    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32).mul_(255.0).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, dtype=torch.float32).mul_(255.0).view(1, 3, 1, 1)
-    frames = frames.to(torch.float32, copy=True) if frames.dtype != torch.float32 else frames.clone()
-    return frames.sub_(mean).div_(std)
+    """Pixel values in [0, 255] (uint8 or float, any layout with channels in dim -3) -> float32,
+    CLIP-normalised. Rescale and normalise are one affine map, x / (255 std) - mean / std."""
+    scale, shift = _affine(frames.shape[-3])
+    return torch.addcmul(shift, frames, scale)
 
 
 def patchify(frames: torch.Tensor, geometry: PatchGeometry) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """(T, C, H, W) normalised frames -> (patches, C * temporal * patch * patch), (grid_t, grid_h, grid_w).
-    An odd frame count repeats the last frame; a single image fills both temporal slots."""
+    """(T, C, H, W) pixels in [0, 255] -> normalised (patches, C * temporal * patch * patch) float32 and
+    (grid_t, grid_h, grid_w). An odd frame count repeats the last frame; a single image fills both
+    temporal slots. The regrouping runs on the 1-byte pixels; the float output is written once and
+    normalised in place (allocating it dominates the cost: no float intermediates)."""
     temporal, patch, merge = geometry.temporal_patch_size, geometry.patch_size, geometry.merge_size
     count, channels, height, width = frames.shape
     grid_h, grid_w = height // patch, width // patch
     if count == 1:
-        # an image: both temporal slots hold the same frame
         blocks = frames.reshape(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
-        blocks = blocks.permute(1, 4, 2, 5, 0, 3, 6).unsqueeze(5)  # (h/m, w/m, m, m, C, 1, p, p)
-        blocks = blocks.expand(-1, -1, -1, -1, -1, temporal, -1, -1)
-        return blocks.reshape(grid_h * grid_w, channels * temporal * patch * patch), (1, grid_h, grid_w)
-    if count % temporal:
-        frames = torch.cat([frames, frames[-1:].expand(temporal - count % temporal, -1, -1, -1)])
-        count = frames.shape[0]
-    grid_t = count // temporal
-    blocks = frames.reshape(grid_t, temporal, channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
-    blocks = blocks.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, h/m, w/m, m, m, C, temporal, p, p)
-    return blocks.reshape(grid_t * grid_h * grid_w, channels * temporal * patch * patch), (grid_t, grid_h, grid_w)
+        blocks = blocks.permute(1, 4, 2, 5, 0, 3, 6).reshape(grid_h * grid_w, channels, 1, patch * patch)
+        patches = torch.empty(grid_h * grid_w, channels, temporal, patch * patch, dtype=torch.float32)
+        patches.copy_(blocks.expand(-1, -1, temporal, -1))
+        grid = (1, grid_h, grid_w)
+    else:
+        if count % temporal:
+            frames = torch.cat([frames, frames[-1:].expand(temporal - count % temporal, -1, -1, -1)])
+            count = frames.shape[0]
+        grid = (count // temporal, grid_h, grid_w)
+        blocks = frames.reshape(grid[0], temporal, channels, grid_h // merge, merge, patch, grid_w // merge, merge,
+                                patch)
+        blocks = blocks.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, h/m, w/m, m, m, C, temporal, p, p)
+        blocks = blocks.contiguous().view(grid[0] * grid_h * grid_w, channels, temporal, patch * patch)
+        patches = blocks.to(torch.float32)
+    scale, shift = _affine(channels)
+    patches.mul_(scale.view(channels, 1, 1)).add_(shift.view(channels, 1, 1))
+    return patches.view(grid[0] * grid_h * grid_w, -1), grid
 
 
-def image_frames(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (1, 3, H, W) uint8."""
-    array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
-
-
-def process_images(images: list[Image.Image], geometry: PatchGeometry) -> VisionBatch:
-    """Images already at their target size (multiples of 28) -> one batch for the vision encoder."""
-    return _batch([patchify(normalize(image_frames(image)), geometry) for image in images])
+def process_images(images: list[torch.Tensor | Image.Image], geometry: PatchGeometry) -> VisionBatch:
+    """Images already at their target size (multiples of 28), as (1, 3, H, W) uint8 or PIL -> one
+    batch for the vision encoder."""
+    frames = [image_frames(image) if isinstance(image, Image.Image) else image for image in images]
+    return _batch([patchify(item, geometry) for item in frames])
 
 
 def process_videos(videos: list[torch.Tensor], geometry: PatchGeometry) -> VisionBatch:
-    """Videos (T, 3, H, W) already at their target size -> one batch for the vision encoder."""
-    return _batch([patchify(normalize(frames), geometry) for frames in videos])
+    """Videos (T, 3, H, W) in [0, 255] already at their target size -> one batch for the vision encoder."""
+    return _batch([patchify(frames, geometry) for frames in videos])
+
+
+def _affine(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    std = torch.tensor(IMAGE_STD[:channels], dtype=torch.float32) * 255.0
+    mean = torch.tensor(IMAGE_MEAN[:channels], dtype=torch.float32) * 255.0
+    return (1.0 / std).view(channels, 1, 1), (-mean / std).view(channels, 1, 1)
 
 
 def _batch(items: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> VisionBatch:

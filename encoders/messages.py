@@ -28,10 +28,10 @@ from encoders.audio_loader import check_waveform, decode_audio_track, has_audio_
 from encoders.image_loader import load_image
 from encoders.image_processing import (
     PatchGeometry,
+    frames_to_image,
     image_frames,
     image_size_for,
     resize_frames,
-    resize_image,
     video_size_for,
 )
 from encoders.limits import MediaLimits
@@ -46,11 +46,16 @@ class MediaItem:
 
     kind: str  # "image", "audio" or "video"
     name: str
-    image: Image.Image | None = None  # at its target size (multiples of 28)
+    # (T, 3, H, W) uint8 at the target size (sides multiples of 28): T = 1 for an image, even for a video
+    frames: torch.Tensor | None = None
     waveform: np.ndarray | None = None  # 16 kHz mono float32
-    frames: torch.Tensor | None = None  # (T, 3, H, W) uint8 at the target size, T even
     sample_fps: float | None = None  # sampled frames per second of video
     video_audio: np.ndarray | None = None  # the video's audio track (use_audio_in_video), 16 kHz mono
+
+    @property
+    def image(self) -> Image.Image | None:
+        """An image item as an RGB PIL image at its target size (what qwen-omni-utils returns)."""
+        return frames_to_image(self.frames) if self.kind == "image" else None
 
 
 def as_conversations(conversations: Any) -> list[list[Mapping[str, Any]]]:
@@ -150,7 +155,7 @@ def _load_image_item(item, limits, geometry, use_audio_in_video, label) -> Media
         resized_height=_number(item, "resized_height", label, int),
         resized_width=_number(item, "resized_width", label, int),
     )
-    return MediaItem(kind="image", name=name[:200], image=resize_image(image, height, width))
+    return MediaItem(kind="image", name=name[:200], frames=resize_frames(image_frames(image), height, width))
 
 
 def _load_audio_item(item, limits, geometry, use_audio_in_video, label) -> MediaItem:
@@ -212,7 +217,7 @@ def _frame_list(values, item, limits, geometry, label):
             resized_height=_number(item, "resized_height", label, int),
             resized_width=_number(item, "resized_width", label, int),
         )
-        frames.append(image_frames(resize_image(image, height, width))[0])
+        frames.append(resize_frames(image_frames(image), height, width)[0])
     if len({tuple(frame.shape) for frame in frames}) > 1:
         raise MediaError(f"{label}: the frames of a frame-list video must share one size")
     while len(frames) % FRAME_FACTOR:

@@ -130,7 +130,7 @@ def prepare_prompt(
 
 def preprocess_media(items: list[list[MediaItem]], geometry: PatchGeometry) -> MediaInputs:
     flat = [item for row in items for item in row]
-    images = [item.image for item in flat if item.kind == "image"]
+    images = [item.frames for item in flat if item.kind == "image"]
     videos = [item for item in flat if item.kind == "video"]
     waveforms = []
     for item in flat:

@@ -10,12 +10,12 @@ from PIL import Image
 
 from encoders.image_processing import (
     PatchGeometry,
+    frames_to_image,
     image_frames,
     image_size_for,
     process_images,
     process_videos,
     resize_frames,
-    resize_image,
     smart_resize,
     video_size_for,
 )
@@ -76,47 +76,50 @@ def test_video_frame_budget_shrinks_with_frame_count():
 
 
 @pytest.mark.parity
-def test_image_patches_equal_the_reference_processor(tiny_checkpoint):
+def test_images_at_source_size_give_the_reference_processor_outputs(tiny_checkpoint):
+    """From the decoded picture on: omni's resize, normalisation and patches equal the processor's
+    own (it resizes with the same torchvision kernel)."""
     from transformers import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
-    images = [resize_image(drawing(w, h, seed), *image_size_for(w, h, MediaLimits(), GEOMETRY, "x"))
-              for seed, (w, h) in enumerate([(200, 150), (90, 300), (64, 64)])]
-    ours = process_images(images, GEOMETRY)
+    images = [drawing(w, h, seed) for seed, (w, h) in enumerate([(200, 150), (90, 300), (64, 64), (1001, 333)])]
+    resized = [resize_frames(image_frames(image), *image_size_for(image.width, image.height, MediaLimits(), GEOMETRY,
+                                                                  "x")) for image in images]
+    ours = process_images(resized, GEOMETRY)
     expected = processor(images=images, return_tensors="pt")
     assert torch.equal(ours.grid_thw, expected["image_grid_thw"])
     assert ours.pixel_values.shape == expected["pixel_values"].shape
     assert (ours.pixel_values - expected["pixel_values"]).abs().max().item() <= 1e-5
+    # handing the processor omni's resized pixels instead changes nothing (its resize is the identity)
+    again = processor(images=[frames_to_image(frames) for frames in resized], return_tensors="pt")
+    assert (again["pixel_values"] - expected["pixel_values"]).abs().max().item() == 0
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("frames", [6, 5])
-def test_video_patches_equal_the_reference_processor(tiny_checkpoint, frames):
+def test_video_frames_at_source_size_give_the_reference_processor_outputs(tiny_checkpoint, frames):
     from transformers import AutoVideoProcessor
 
     processor = AutoVideoProcessor.from_pretrained(tiny_checkpoint)
-    raw = torch.from_numpy(video_frames(frames, 160, 120, seed=1)).permute(0, 3, 1, 2)
+    raw = torch.from_numpy(video_frames(frames, 160, 120, seed=1)).permute(0, 3, 1, 2).contiguous()
     size = video_size_for(frames, 160, 120, MediaLimits(), GEOMETRY, "v", min_pixels=16 * 784, max_pixels=32 * 784)
-    video = resize_frames(raw, *size)
-    ours = process_videos([video], GEOMETRY)
+    ours = process_videos([resize_frames(raw, *size)], GEOMETRY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = processor(videos=[video.float()], size={"shortest_edge": 16 * 784, "longest_edge": 32 * 784},
+        expected = processor(videos=[raw], size={"shortest_edge": 16 * 784, "longest_edge": 32 * 784},
                              return_tensors="pt")
     assert ours.grid_thw.tolist() == expected["video_grid_thw"].tolist() == [[3, size[0] // 14, size[1] // 14]]
     assert (ours.pixel_values - expected["pixel_values_videos"]).abs().max().item() <= 1e-5
 
 
-def test_image_frames_and_resize_keep_content():
+def test_frames_round_trip_and_resize():
     image = drawing(200, 150, seed=3)
     frames = image_frames(image)
     assert frames.shape == (1, 3, 150, 200) and frames.dtype == torch.uint8
-    assert resize_image(image, 150, 200) is image
-    resized = resize_image(image, 140, 196)
-    assert resized.size == (196, 140)
-    video = resize_frames(frames.expand(2, -1, -1, -1), 140, 196)
-    assert video.shape == (2, 3, 140, 196) and video.dtype == torch.uint8
-    # bicubic resizes of the same picture agree closely whichever library does them
-    difference = (video[0].float() - image_frames(resized)[0].float()).abs().mean().item()
-    assert difference < 3.0
-    assert isinstance(resized, Image.Image)
+    assert frames_to_image(frames).tobytes() == image.tobytes()
+    assert resize_frames(frames, 150, 200) is frames
+    resized = resize_frames(frames.expand(2, -1, -1, -1), 140, 196)
+    assert resized.shape == (2, 3, 140, 196) and resized.dtype == torch.uint8
+    # a bicubic resize of the same picture by Pillow agrees closely (different kernel, same geometry)
+    pillow = image_frames(image.resize((196, 140), Image.Resampling.BICUBIC))
+    assert (resized[0].float() - pillow[0].float()).abs().mean().item() < 3.0
