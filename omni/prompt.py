@@ -2,9 +2,9 @@
 
 Three stages, so that a pipeline can time and schedule them separately:
 
-1. `prepare_prompt` (CPU): render the chat template, load and preprocess the media (decode, resize,
-   normalise, patchify, log-mel), expand each placeholder to its token count, left-pad the batch and
-   compute the TMRoPE positions. No model forward.
+1. `prepare_prompt` (CPU): render the chat template, load the media (`load_media`: decode, resize),
+   preprocess them (`preprocess_media`: normalise, patchify, log-mel), expand each placeholder to its
+   token count, left-pad the batch and compute the TMRoPE positions. No model forward.
 2. `encode_media` (the expensive part): the vision and audio towers.
 3. `merge_prompt`: token embeddings with the towers' outputs written at the placeholder positions.
 
@@ -90,22 +90,24 @@ def prepare_prompt(
     prefix: str = "",
     prefix_ids: Sequence[int] = (),
     start_position: int | Sequence[int] | torch.Tensor = 0,
+    media_items: list[list[MediaItem]] | None = None,
 ) -> PreparedPrompt:
     """One conversation or a batch of them -> ids, positions and preprocessed media.
 
     continuation: render only these messages (the turn appended to an existing conversation whose
     KV cache the caller keeps), after `prefix_ids` (e.g. the last sampled token, which the cache has
     not consumed) and `prefix` text (e.g. the "<|im_end|>\\n" that closes the previous reply); positions
-    start at `start_position` (per row)."""
-    limits = limits or MediaLimits()
+    start at `start_position` (per row). `media_items` (per conversation, from `load_media`) skips the
+    loading when the caller has done it (to time or overlap it)."""
     geometry = PatchGeometry.from_config(config.vision)
     batch = as_conversations(conversations)
-    items = [load_conversation_media(conversation, use_audio_in_video, limits, geometry) for conversation in batch]
+    # rendering validates the messages: a malformed one fails before any media is read
+    rows = [list(prefix_ids) + tokenizer.encode(prefix + _render(conversation, add_generation_prompt, system_prompt,
+                                                                 continuation)) for conversation in batch]
+    items = media_items if media_items is not None else load_media(batch, config, use_audio_in_video, limits)
+    if len(items) != len(batch):
+        raise InputError(f"media_items holds {len(items)} conversations' media for {len(batch)} conversations")
     media = preprocess_media(items, geometry)
-    rows = []
-    for conversation, row_items in zip(batch, items):
-        text = prefix + _render(conversation, add_generation_prompt, system_prompt, continuation)
-        rows.append(list(prefix_ids) + tokenizer.encode(text))
     audio_lens = media.audio.feature_lens.tolist() if media.audio is not None else []
     expanded = _expand_rows(rows, items, media, audio_lens, config, geometry)
     input_ids, mask = _left_pad(expanded, pad_token_id)
@@ -126,6 +128,14 @@ def prepare_prompt(
         input_ids=input_ids, token_mask=None if bool(mask.all()) else mask, position_ids=positions,
         next_position=next_position + start, multimodal_mask=multimodal, media=media, items=items,
     )
+
+
+def load_media(conversations: Any, config: ThinkerConfig, use_audio_in_video: bool = False,
+               limits: MediaLimits | None = None) -> list[list[MediaItem]]:
+    """Decode and fit every media item of each conversation (I/O and resizing; no model)."""
+    geometry = PatchGeometry.from_config(config.vision)
+    return [load_conversation_media(conversation, use_audio_in_video, limits or MediaLimits(), geometry)
+            for conversation in as_conversations(conversations)]
 
 
 def preprocess_media(items: list[list[MediaItem]], geometry: PatchGeometry) -> MediaInputs:

@@ -185,3 +185,19 @@ def test_bad_prompts_are_typed_errors(tiny_text_model, media):
         build_prompt(tiny_text_model, _user({"type": "audio", "audio": np.zeros(200, np.float32)}))
     with pytest.raises(MediaError, match="does not exist"):
         build_prompt(tiny_text_model, _user({"type": "image", "image": str(media.directory / "missing.png")}))
+    # a malformed message is reported before any media is read
+    with pytest.raises(InputError, match="role 'robot'"):
+        build_prompt(tiny_text_model, [{"role": "robot", "content": [{"type": "image", "image": "missing.png"}]}])
+
+
+def test_preloaded_media_give_the_same_prompt(tiny_text_model, media):
+    from omni.prompt import load_media
+
+    conversation, _ = _case(media, "two_images")
+    config = tiny_text_model.model.thinker.config
+    items = load_media(conversation, config)
+    direct = _prepare(tiny_text_model, conversation)
+    preloaded = _prepare(tiny_text_model, conversation, media_items=items)
+    assert torch.equal(direct.input_ids, preloaded.input_ids)
+    assert torch.equal(direct.position_ids, preloaded.position_ids)
+    assert torch.equal(direct.media.images.pixel_values, preloaded.media.images.pixel_values)
