@@ -146,18 +146,19 @@ class _Walker:
                 flush_text(index - 1)
                 pieces.append(torch.full((3, 2), cursor, dtype=torch.long))
                 cursor += 1
-                block, consumed = self._interleaved(cursor)
-                if tokens[index + 1 : index + 1 + block.shape[1]].count(ids.video) + tokens[
-                        index + 1 : index + 1 + block.shape[1]].count(ids.audio) != block.shape[1]:
-                    raise InputError("an interleaved video/audio block does not hold the tokens its media need")
-                after = index + 1 + block.shape[1]
+                consumed, video_tokens, audio_tokens = self._interleaved(cursor)
+                after = index + 1 + video_tokens + audio_tokens
+                inside = tokens[index + 1 : after]
+                if inside.count(ids.video) != video_tokens or inside.count(ids.audio) != audio_tokens:
+                    raise InputError(f"an interleaved video/audio block must hold {video_tokens} video and "
+                                     f"{audio_tokens} audio tokens")
                 if tokens[after : after + 2] != [ids.audio_end, ids.vision_end]:
                     raise InputError("an interleaved video/audio block must end with <|audio_eos|><|vision_eos|>")
                 pieces.extend(consumed)
                 end_position = int(consumed[-1].max()) + 1
                 pieces.append(torch.full((3, 2), end_position, dtype=torch.long))  # <|audio_eos|><|vision_eos|>
                 cursor = end_position + 1
-                index = index + 1 + block.shape[1] + 2
+                index = after + 2
                 text_start = index
                 continue
             else:
@@ -169,13 +170,15 @@ class _Walker:
         flush_text(len(tokens))
         return torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)
 
-    def _interleaved(self, base: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _interleaved(self, base: int) -> tuple[list[torch.Tensor], int, int]:
+        """The position pieces of a video and its audio track in the reference's order (video chunk 0,
+        audio chunk 0, ...), and the two token counts."""
         video = self.next_video
         grid = self._take(self.videos, "next_video", "video")
-        frames = audio_token_count(self._take(self.audio_lens, "next_audio", "audio"))
+        audio_tokens = audio_token_count(self._take(self.audio_lens, "next_audio", "audio"))
         time = video_time_index(grid[0], self._seconds(video), self.per_second)
         video_block = vision_positions(grid, time, self.merge) + base
-        audio_block = torch.arange(base, base + frames).view(1, -1).expand(3, -1)
+        audio_block = torch.arange(base, base + audio_tokens).view(1, -1).expand(3, -1)
         video_chunks = chunk_bounds(video_block[0] - base, self.tokens_per_chunk)
         audio_chunks = chunk_bounds(audio_block[0] - base, self.tokens_per_chunk)
         pieces = []
@@ -184,8 +187,7 @@ class _Walker:
                 pieces.append(video_block[:, video_chunks[chunk][0] : video_chunks[chunk][1]])
             if chunk < len(audio_chunks):
                 pieces.append(audio_block[:, audio_chunks[chunk][0] : audio_chunks[chunk][1]])
-        pieces = [piece for piece in pieces if piece.shape[1] > 0] or pieces
-        return torch.cat(pieces, dim=1), pieces
+        return [piece for piece in pieces if piece.shape[1] > 0], video_block.shape[1], audio_tokens
 
     def _seconds(self, video: int) -> torch.Tensor:
         if video >= self.seconds_per_grid.numel():
