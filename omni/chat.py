@@ -76,14 +76,16 @@ def render_chat(
     system_prompt: str | None = None,
     add_vision_id: bool = False,
     add_audio_id: bool = False,
+    continuation: bool = False,
 ) -> str:
     """The prompt text. `system_prompt` is used when the conversation does not open with a system
-    message (the template would otherwise insert TEMPLATE_SYSTEM_PROMPT)."""
+    message (the template would otherwise insert TEMPLATE_SYSTEM_PROMPT). `continuation` renders
+    messages that follow an earlier part of the conversation: no system message is inserted."""
     messages = validate_messages(messages)
     parts: list[str] = []
     counts = {"image": 0, "audio": 0, "video": 0}
     for index, message in enumerate(messages):
-        if index == 0 and message["role"] != "system":
+        if index == 0 and message["role"] != "system" and not continuation:
             parts.append(f"<|im_start|>system\n{system_prompt or TEMPLATE_SYSTEM_PROMPT}<|im_end|>\n")
         parts.append(f"<|im_start|>{message['role']}\n")
         content = message["content"]

@@ -1,0 +1,310 @@
+"""OmniSession: a conversation with a Qwen2.5-Omni model, streamed.
+
+A session owns one conversation: its messages, the Thinker's KV cache holding every token fed so far,
+and the rope position the next token takes. A new turn is appended to that cache (the earlier turns
+are never encoded again). Many sessions can share one loaded model; each session runs one reply at a
+time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from omni.chat import AUDIO_SYSTEM_PROMPT, render_chat, validate_messages
+from omni.errors import InputError
+from omni.events import AudioChunk, Event, ReplyDone, TextDelta
+from omni.kv_cache import KVCache
+from omni.loading import LoadedModel, load_model
+from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
+from omni.sampling import SamplingParams
+from omni.thinker.generate import ThinkerPrompt, text_prompt
+
+IM_END = "<|im_end|>"
+
+
+@dataclass
+class ConversationState:
+    """Everything a session remembers between turns; `reset()` forgets it."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    cache: KVCache | None = None
+    fed_token_ids: list[int] = field(default_factory=list)  # every token the cache holds, in order
+    pending_token_ids: list[int] = field(default_factory=list)  # to feed before the next turn
+    next_position: int = 0
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.cache = None
+        self.fed_token_ids.clear()
+        self.pending_token_ids.clear()
+        self.next_position = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    audio: np.ndarray | None  # float32 mono, or None for a text-only reply
+    sample_rate_hz: int | None
+    done: ReplyDone
+
+
+class ReplyStream:
+    """Iterator over one reply's events. Closing it (or `session.cancel()`) stops generation within
+    one step; the partial reply stays in the conversation."""
+
+    def __init__(self, events: Iterator[Event], cancel: threading.Event, on_close) -> None:
+        self._events = events
+        self._cancel = cancel
+        self._on_close = on_close
+        self._closed = False
+
+    def __iter__(self) -> ReplyStream:
+        return self
+
+    def __next__(self) -> Event:
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._events)
+        except BaseException:
+            self._finish()
+            raise
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def close(self) -> None:
+        """Stop the reply (if it is still running) and keep what was generated."""
+        if self._closed:
+            return
+        self._cancel.set()
+        for _ in self._events:  # let the pipeline stop at its next step and record the partial reply
+            pass
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()  # an abandoned stream (a `break` out of the loop) still ends its turn
+
+
+class OmniSession:
+    def __init__(
+        self,
+        model: LoadedModel,
+        voice: str | None = None,
+        system_prompt: str | None = AUDIO_SYSTEM_PROMPT,
+        max_new_tokens: int = 512,
+        sampling: SamplingParams | None = None,
+    ) -> None:
+        self.model = model
+        self.system_prompt = system_prompt
+        self.max_new_tokens = max_new_tokens
+        defaults = model.generation
+        self.sampling = (sampling or SamplingParams(
+            do_sample=defaults.do_sample, temperature=defaults.temperature, top_k=defaults.top_k,
+            top_p=defaults.top_p, repetition_penalty=defaults.repetition_penalty,
+        )).validated()
+        self.voice = voice
+        self.state = ConversationState()
+        self._lock = threading.Lock()
+        self._active_cancel: threading.Event | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "auto",
+        audio_output: bool | None = None,
+        **session_options: Any,
+    ) -> OmniSession:
+        return cls(load_model(path_or_hub_id, dtype=dtype, device=device, audio_output=audio_output), **session_options)
+
+    # ------------------------------------------------------------------------------------------
+    # Conversation control
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.state.messages)
+
+    def reset(self) -> None:
+        """Forget the conversation (cancelling a reply in progress first)."""
+        self.cancel()
+        with self._lock:
+            self.state.reset()
+
+    def cancel(self) -> None:
+        """Stop the reply in progress, if any, within one step."""
+        cancel = self._active_cancel
+        if cancel is not None:
+            cancel.set()
+
+    # ------------------------------------------------------------------------------------------
+    # Replies
+
+    def stream(
+        self,
+        message: str | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        return_audio: bool = False,
+        voice: str | None = None,
+        max_new_tokens: int | None = None,
+        **sampling_overrides: Any,
+    ) -> ReplyStream:
+        """Start a reply to `message` (a string, one message dict, or a list of messages) and return
+        an iterator of TextDelta / AudioChunk events ending with one ReplyDone."""
+        started = time.perf_counter()
+        new_messages = _as_messages(message)
+        options = ReplyOptions(
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            sampling=self.sampling.with_overrides(**sampling_overrides) if sampling_overrides else self.sampling,
+            return_audio=return_audio,
+            voice=voice or self.voice,
+        )
+        if options.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {options.max_new_tokens}")
+        if not self._lock.acquire(blocking=False):
+            raise InputError("this session is already generating a reply; cancel it or wait for it to finish")
+        try:
+            prompt, prompt_ids = self._next_prompt(new_messages)
+            cache = self._cache_for(len(prompt_ids) + options.max_new_tokens)
+            cache_length_before = cache.length
+            cancel = threading.Event()
+            self._active_cancel = cancel
+            record = ReplyRecord()
+            events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started)
+        except BaseException:
+            self._lock.release()
+            raise
+
+        def finish() -> None:
+            try:
+                self._commit_turn(new_messages, prompt, prompt_ids, record, cache, cache_length_before)
+            finally:
+                self._active_cancel = None
+                self._lock.release()
+
+        return ReplyStream(events, cancel, finish)
+
+    def reply(self, message, **options: Any) -> Reply:
+        """Generate the whole reply and return its text (and audio)."""
+        chunks: list[AudioChunk] = []
+        done = None
+        with self.stream(message, **options) as events:
+            for event in events:
+                if isinstance(event, AudioChunk):
+                    chunks.append(event)
+                elif isinstance(event, ReplyDone):
+                    done = event
+        assert done is not None
+        audio = np.concatenate([c.samples for c in chunks]) if chunks else None
+        return Reply(done.text, audio, chunks[0].sample_rate_hz if chunks else None, done)
+
+    async def astream(self, message, **options: Any) -> AsyncIterator[Event]:
+        """Async variant of `stream`: generation runs in a worker thread; leaving the loop early
+        (break, aclose, task cancellation) cancels the reply."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        finished = object()
+        stream = self.stream(message, **options)
+
+        def produce() -> None:
+            try:
+                for event in stream:
+                    asyncio.run_coroutine_threadsafe(queue.put(event), loop).result()
+            except BaseException as exc:  # handed to the consumer
+                asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+            finally:
+                stream.close()
+                asyncio.run_coroutine_threadsafe(queue.put(finished), loop)
+
+        worker = threading.Thread(target=produce, name="omni-reply", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is finished:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stream.cancel()
+            while worker.is_alive():
+                # drain so the producer is never stuck on a full queue while it stops
+                try:
+                    queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    await asyncio.sleep(0.005)
+
+    # ------------------------------------------------------------------------------------------
+    # Internals
+
+    def _next_prompt(self, new_messages: list[dict[str, Any]]) -> tuple[ThinkerPrompt, list[int]]:
+        tokenizer = self.model.tokenizer
+        state = self.state
+        if state.cache is None:
+            text = render_chat(new_messages, add_generation_prompt=True, system_prompt=self.system_prompt)
+            ids = tokenizer.encode(text)
+        else:
+            text = "\n" + render_chat(new_messages, add_generation_prompt=True, continuation=True)
+            ids = state.pending_token_ids + tokenizer.encode(text)
+        return text_prompt([ids], pad_id=self.model.generation.pad_token_id, start_position=state.next_position), ids
+
+    def _cache_for(self, new_tokens: int) -> KVCache:
+        state = self.state
+        limit = self.model.config.thinker.text.max_position_embeddings
+        needed = (state.cache.length if state.cache is not None else 0) + new_tokens
+        if state.next_position + new_tokens > limit:
+            raise InputError(
+                f"the conversation would reach position {state.next_position + new_tokens}, past the model's "
+                f"limit of {limit}; reset the session or ask for fewer new tokens"
+            )
+        if state.cache is None:
+            state.cache = self.model.model.thinker.model.new_cache(1, max(256, needed))
+        return state.cache
+
+    def _commit_turn(self, new_messages, prompt: ThinkerPrompt, prompt_ids, record: ReplyRecord, cache, length_before) -> None:
+        """Record the finished (or cancelled) turn so the next one continues from it."""
+        state = self.state
+        if cache.length < length_before + len(prompt_ids):
+            return  # cancelled before the prompt was read: the turn never happened
+        stop_ids = set(self.model.generation.eos_token_ids)
+        im_end = self.model.tokenizer.token_id(IM_END)
+        kept = list(record.fed_token_ids)
+        # The last sampled token was never fed. A stop token becomes the turn's <|im_end|>; any other
+        # (length limit, cancellation) was shown to the user and is fed before it.
+        kept_tail = [t for t in record.sampled_token_ids[-1:] if t not in stop_ids]
+        cache.truncate(length_before + len(prompt_ids) + len(kept))
+        state.fed_token_ids.extend(prompt_ids + kept)
+        state.pending_token_ids = kept_tail + [im_end]
+        state.next_position = int(prompt.next_position[0]) + len(kept)
+        state.messages.extend(new_messages)
+        state.messages.append({"role": "assistant", "content": record.text})
+
+
+def _as_messages(message: Any) -> list[dict[str, Any]]:
+    if isinstance(message, str):
+        if not message.strip():
+            raise InputError("the message is empty")
+        return [{"role": "user", "content": message}]
+    return validate_messages(message)
