@@ -60,10 +60,13 @@ def run_reply(
     cancel: threading.Event,
     record: ReplyRecord,
     started_at: float | None = None,
+    stage_s: dict[str, float] | None = None,
 ) -> Iterator[TextDelta | ReplyDone]:
     """Stream the events of one reply; `record` holds what was generated when the iterator ends."""
     start = started_at if started_at is not None else time.perf_counter()
     clock = StageClock()
+    for stage, seconds in (stage_s or {}).items():
+        clock.add(stage, seconds)
     first_text_at = None
     detokenizer = loaded.tokenizer.detokenizer()
     stop_ids = set(loaded.generation.eos_token_ids)

@@ -31,7 +31,7 @@ from encoders.audio_features import AudioFeatures, extract_features, feature_fra
 from encoders.image_processing import PatchGeometry, VisionBatch, process_images, process_videos
 from encoders.limits import MediaLimits
 from encoders.messages import MediaItem, as_conversations, load_conversation_media
-from omni.chat import TEMPLATE_SYSTEM_PROMPT, render_chat
+from omni.chat import render_chat
 from omni.config import ThinkerConfig
 from omni.errors import InputError, MediaError
 from omni.rope_index import chunk_bounds, rope_index
@@ -205,13 +205,8 @@ def merge_prompt(thinker: Thinker, prepared: PreparedPrompt, embeddings: MediaEm
 
 
 def _render(conversation, add_generation_prompt: bool, system_prompt: str | None, continuation: bool) -> str:
-    if not continuation or (conversation and conversation[0].get("role") == "system"):
-        return render_chat(conversation, add_generation_prompt=add_generation_prompt, system_prompt=system_prompt)
-    # the template opens with a system block when the first message is not one; a continued
-    # conversation already has it, so render with the default block and cut it off
-    text = render_chat(conversation, add_generation_prompt=add_generation_prompt, system_prompt=TEMPLATE_SYSTEM_PROMPT)
-    head = f"<|im_start|>system\n{TEMPLATE_SYSTEM_PROMPT}<|im_end|>\n"
-    return text[len(head):]
+    return render_chat(conversation, add_generation_prompt=add_generation_prompt, system_prompt=system_prompt,
+                       continuation=continuation)
 
 
 def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerConfig, geometry: PatchGeometry):

@@ -19,14 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from omni.chat import AUDIO_SYSTEM_PROMPT, render_chat, validate_messages
+from encoders.limits import MediaLimits
+from omni.chat import AUDIO_SYSTEM_PROMPT, validate_messages
 from omni.errors import InputError
 from omni.events import AudioChunk, Event, ReplyDone, TextDelta
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel, load_model
 from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
 from omni.sampling import SamplingParams
-from omni.thinker.generate import ThinkerPrompt, text_prompt
+from omni.prompt import encode_media, merge_prompt, prepare_prompt
+from omni.thinker.generate import ThinkerPrompt
 
 IM_END = "<|im_end|>"
 
@@ -115,8 +117,12 @@ class OmniSession:
         system_prompt: str | None = AUDIO_SYSTEM_PROMPT,
         max_new_tokens: int = 512,
         sampling: SamplingParams | None = None,
+        use_audio_in_video: bool = False,
+        media_limits: MediaLimits | None = None,
     ) -> None:
         self.model = model
+        self.use_audio_in_video = use_audio_in_video
+        self.media_limits = media_limits or MediaLimits()
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         defaults = model.generation
@@ -185,13 +191,14 @@ class OmniSession:
         if not self._lock.acquire(blocking=False):
             raise InputError("this session is already generating a reply; cancel it or wait for it to finish")
         try:
-            prompt, prompt_ids = self._next_prompt(new_messages)
+            clock: dict[str, float] = {}
+            prompt, prompt_ids = self._next_prompt(new_messages, clock)
             cache = self._cache_for(len(prompt_ids) + options.max_new_tokens)
             cache_length_before = cache.length
             cancel = threading.Event()
             self._active_cancel = cancel
             record = ReplyRecord()
-            events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started)
+            events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started, stage_s=clock)
         except BaseException:
             self._lock.release()
             raise
@@ -259,16 +266,33 @@ class OmniSession:
     # ------------------------------------------------------------------------------------------
     # Internals
 
-    def _next_prompt(self, new_messages: list[dict[str, Any]]) -> tuple[ThinkerPrompt, list[int]]:
-        tokenizer = self.model.tokenizer
+    def _next_prompt(self, new_messages: list[dict[str, Any]], clock: dict[str, float] | None = None
+                     ) -> tuple[ThinkerPrompt, list[int]]:
+        """The Thinker input of a new turn: the whole rendered conversation on the first turn; later,
+        the tokens the cache has not consumed, "\n" and the new messages, at continuing positions.
+        Returns the prompt and its token ids (placeholders expanded)."""
         state = self.state
-        if state.cache is None:
-            text = render_chat(new_messages, add_generation_prompt=True, system_prompt=self.system_prompt)
-            ids = tokenizer.encode(text)
-        else:
-            text = "\n" + render_chat(new_messages, add_generation_prompt=True, continuation=True)
-            ids = state.pending_token_ids + tokenizer.encode(text)
-        return text_prompt([ids], pad_id=self.model.generation.pad_token_id, start_position=state.next_position), ids
+        continuing = state.cache is not None
+        loaded = self.model
+        thinker = loaded.model.thinker
+        timer = time.perf_counter()
+        prepared = prepare_prompt(
+            loaded.tokenizer, thinker.config, [new_messages],
+            pad_token_id=loaded.generation.pad_token_id,
+            system_prompt=self.system_prompt,
+            use_audio_in_video=self.use_audio_in_video,
+            limits=self.media_limits,
+            continuation=continuing,
+            prefix="\n" if continuing else "",
+            prefix_ids=state.pending_token_ids if continuing else (),
+            start_position=state.next_position,
+        )
+        media_done = time.perf_counter()
+        prompt = merge_prompt(thinker, prepared, encode_media(thinker, prepared.media))
+        if clock is not None:
+            clock["media"] = media_done - timer
+            clock["encoders"] = time.perf_counter() - media_done
+        return prompt, prepared.input_ids[0].tolist()
 
     def _cache_for(self, new_tokens: int) -> KVCache:
         state = self.state
