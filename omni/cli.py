@@ -64,6 +64,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from omni.eval.data import load_asr, load_vqa
+    from omni.eval.runner import format_table, run_eval
+    from omni.loading import load_model
+
+    samples = load_asr(args.data) if args.task == "asr" else load_vqa(args.data)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False)
+    out = args.out or f"eval-{args.task}-{__import__('pathlib').Path(args.data).stem}"
+    summary = run_eval(
+        args.task, loaded, samples, out, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+    )
+    print(format_table(summary))
+    print(f"predictions and summary.json in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni", description="Streaming multimodal inference for Qwen2.5-Omni")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--system", default=None, help="system prompt")
     _add_sampling_options(run)
     run.set_defaults(handler=_cmd_run)
+
+    evaluate = commands.add_parser("eval", help="speech recognition (asr) or visual question answering (vqa) scores")
+    evaluate.add_argument("task", choices=["asr", "vqa"])
+    _add_model_options(evaluate)
+    evaluate.add_argument("--data", required=True, help="JSONL manifest (or a LibriSpeech-style directory for asr)")
+    evaluate.add_argument("--out", default=None, help="output directory (predictions.jsonl, summary.json); rerun to resume")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--max-new-tokens", type=int, default=128)
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(handler=_cmd_eval)
     return parser
 
 
