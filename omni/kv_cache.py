@@ -76,6 +76,13 @@ class KVCache:
             self.valid[:, :start] = True
         self.valid[:, start : start + count] = valid_rows
 
+    def select_rows(self, keep: torch.Tensor) -> None:
+        """Keep only the batch rows where `keep` (batch,) is True (a finished row leaves the batch)."""
+        self.keys = [k[keep] for k in self.keys]
+        self.values = [v[keep] for v in self.values]
+        if self.valid is not None:
+            self.valid = self.valid[keep]
+
     def truncate(self, length: int) -> None:
         """Forget everything from slot `length` on (used to roll back a cancelled turn)."""
         self.length = min(self.length, length)

@@ -69,6 +69,11 @@ class Sampler:
         if self.seen is not None:
             self.seen.scatter_(1, token_ids.clamp(0, self.seen.shape[1] - 1), True)
 
+    def select_rows(self, keep: torch.Tensor) -> None:
+        """Follow the batch when rows leave it."""
+        if self.seen is not None:
+            self.seen = self.seen[keep]
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: (batch, vocab) -> next token ids (batch,)."""
         logits = logits.float()

@@ -61,10 +61,11 @@ def text_prompt(token_ids: Sequence[Sequence[int]], pad_id: int, start_position:
 @dataclass
 class ThinkerStep:
     index: int  # 0 for the prefill
-    token_ids: torch.Tensor  # (batch,) the tokens sampled at this step
-    input_embeds: torch.Tensor  # (batch, n, hidden) embeddings of the tokens this step consumed
-    hidden: torch.Tensor  # (batch, n, hidden) final-norm hidden states of those tokens
+    token_ids: torch.Tensor  # (batch,) the tokens sampled at this step (padding for finished rows)
+    input_embeds: torch.Tensor  # (rows, n, hidden) embeddings of the tokens this step consumed
+    hidden: torch.Tensor  # (rows, n, hidden) final-norm hidden states of those tokens
     finished: torch.Tensor  # (batch,) bool: the row has produced a stop token by now
+    rows: torch.Tensor  # (rows,) which batch rows input_embeds / hidden belong to (all, until rows finish)
 
 
 @torch.inference_mode()
@@ -78,14 +79,18 @@ def stream_thinker(
     cache: KVCache | None = None,
     forbidden_tokens: torch.Tensor | None = None,
 ) -> Iterator[ThinkerStep]:
-    """Generate up to `max_new_tokens` tokens; a row stops after its first stop token (finished rows
-    are fed `pad_token_id` until every row has stopped). With `cache`, the prompt is appended to
-    what the cache already holds (the positions in `prompt` must continue from there)."""
+    """Generate up to `max_new_tokens` tokens; a row stops after its first stop token.
+
+    With `cache`, the prompt is appended to what the cache already holds (the positions in `prompt`
+    must continue from there) and every row keeps running (fed `pad_token_id`) until all have
+    stopped, so the cache stays whole for the caller. Without it, rows that finish are dropped
+    from the batch: a batched evaluation stops paying for replies that are already complete."""
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = thinker.device
     batch = prompt.batch_size
     input_ids = prompt.input_ids.to(device)
+    drop_finished = cache is None and batch > 1
     if cache is None:
         cache = thinker.model.new_cache(batch, input_ids.shape[1] + max_new_tokens)
     cache.ensure_capacity(cache.length + input_ids.shape[1] + max_new_tokens)
@@ -97,16 +102,24 @@ def stream_thinker(
     stop_ids = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     position = prompt.next_position.to(device).view(batch, 1)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows = torch.arange(batch, device=device)  # batch rows still in the running tensors
 
     hidden = thinker(embeds, prompt.position_ids.to(device), cache=cache, token_mask=token_mask)
     for index in range(max_new_tokens):
-        next_ids = sampler(thinker.lm_head(hidden[:, -1]))
-        next_ids = torch.where(finished, torch.full_like(next_ids, pad_token_id), next_ids)
-        finished = finished | torch.isin(next_ids, stop_ids)
-        yield ThinkerStep(index=index, token_ids=next_ids, input_embeds=embeds, hidden=hidden, finished=finished)
+        sampled = sampler(thinker.logits(hidden[:, -1]))
+        sampled = torch.where(finished[rows], torch.full_like(sampled, pad_token_id), sampled)
+        token_ids = torch.full((batch,), pad_token_id, dtype=torch.long, device=device)
+        token_ids[rows] = sampled
+        finished = finished | torch.isin(token_ids, stop_ids)
+        yield ThinkerStep(index, token_ids, embeds, hidden, finished, rows)
         if bool(finished.all()) or index + 1 == max_new_tokens:
             return
-        sampler.observe(next_ids[:, None])
-        embeds = thinker.embed(next_ids[:, None])
-        hidden = thinker(embeds, position.expand(3, batch, 1), cache=cache)
+        if drop_finished and bool(finished[rows].any()):
+            keep = ~finished[rows]
+            rows, sampled, position = rows[keep], sampled[keep], position[keep]
+            cache.select_rows(keep)
+            sampler.select_rows(keep)
+        sampler.observe(sampled[:, None])
+        embeds = thinker.embed(sampled[:, None])
+        hidden = thinker(embeds, position.expand(3, len(rows), 1), cache=cache)
         position = position + 1

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -11,6 +13,11 @@ from encoders.vision_encoder import VisionEncoder
 from omni.config import ThinkerConfig
 from omni.decoder import QwenDecoder
 from omni.kv_cache import KVCache
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(
+    torch.ops.mkldnn, "_reorder_linear_weight"
+)
 
 
 class Thinker(nn.Module):
@@ -25,6 +32,8 @@ class Thinker(nn.Module):
         self.lm_head.weight = nn.Parameter(self.lm_head.weight.detach().t().contiguous().t())
         self.audio_tower = AudioEncoder(config.audio)
         self.visual = VisionEncoder(config.vision)
+        self._packed_lm_head: torch.Tensor | None = None
+        self._packing = threading.Lock()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -33,6 +42,22 @@ class Thinker(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of final hidden states (rows, hidden) -> (rows, vocab).
+
+        Several rows at once on the CPU in fp32 go through oneDNN's prepacked inner product: MKL's
+        general kernel runs a (8 x 256) @ (256 x 152064) product at about 40 GFLOP/s here and
+        oneDNN's about 2.3x faster (bench/eval.py). The packed copy of the weight is made on the
+        first batched call only, so single-conversation use never pays its memory."""
+        weight = self.lm_head.weight
+        if hidden.shape[0] > 1 and hidden.device.type == "cpu" and weight.dtype == torch.float32 and _ONEDNN:
+            if self._packed_lm_head is None:
+                with self._packing:
+                    if self._packed_lm_head is None:
+                        self._packed_lm_head = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+            return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), self._packed_lm_head, None, "none", [], "")
+        return self.lm_head(hidden)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
