@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omni.errors import OmniError
 from omni.presets import PRESETS, Preset
-from omni.tokenizer import SPLIT_PATTERN, byte_to_unicode
+from omni.tokenizer import byte_to_unicode, qwen_bpe_backend
 
 # Qwen2.5-Omni's added tokens, in id order from 151643 (special: shown by skip_special_tokens=False only).
 ADDED_TOKENS: list[tuple[str, bool]] = [
@@ -224,8 +224,7 @@ def bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 def write_tokenizer(target: Path) -> None:
     """tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json,
     added_tokens.json: the files of a Qwen2.5-Omni checkpoint's tokenizer."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
+    from tokenizers import AddedToken
 
     ranks = qwen_bpe_ranks()
     to_unicode = byte_to_unicode()
@@ -238,15 +237,7 @@ def write_tokenizer(target: Path) -> None:
     if len(vocab) != FIRST_ADDED_ID:
         raise OmniError(f"expected {FIRST_ADDED_ID} BPE tokens, the rank file has {len(vocab)}")
 
-    backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
+    backend = qwen_bpe_backend(vocab, merges)
     for content, special in ADDED_TOKENS:
         token = AddedToken(content, special=special, normalized=False)
         backend.add_special_tokens([token]) if special else backend.add_tokens([token])

@@ -35,7 +35,7 @@ from omni.chat import render_chat
 from omni.config import ThinkerConfig
 from omni.errors import InputError, MediaError
 from omni.rope_index import chunk_bounds, rope_index
-from omni.thinker.generate import ThinkerPrompt
+from omni.thinker.generate import ThinkerPrompt, left_pad
 from omni.thinker.model import Thinker
 from omni.tokenizer import Tokenizer
 
@@ -110,7 +110,7 @@ def prepare_prompt(
     media = preprocess_media(items, geometry)
     audio_lens = media.audio.feature_lens.tolist() if media.audio is not None else []
     expanded = _expand_rows(rows, items, media, audio_lens, config, geometry)
-    input_ids, mask = _left_pad(expanded, pad_token_id)
+    input_ids, mask = left_pad(expanded, pad_token_id)
     ids = config.token_ids
     positions, next_position = rope_index(
         input_ids, ids,
@@ -271,15 +271,3 @@ def _interleave(grid, second_per_grid: float, audio_tokens: int, geometry: Patch
             out.extend([ids.audio] * (audio_chunks[chunk][1] - audio_chunks[chunk][0]))
     out.append(ids.audio_end)
     return out
-
-
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not rows or any(len(row) == 0 for row in rows):
-        raise InputError("every prompt must hold at least one token")
-    longest = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
-    for index, row in enumerate(rows):
-        input_ids[index, longest - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[index, longest - len(row):] = True
-    return input_ids, mask

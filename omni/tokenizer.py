@@ -122,17 +122,11 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _backend_from_vocab_and_merges(directory: Path, config: dict):
-    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
-    from tokenizers import Tokenizer as Backend
+def qwen_bpe_backend(vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """A `tokenizers` pipeline as Qwen2 tokenizers are built: NFC, the split regex, byte-level BPE."""
+    from tokenizers import Regex, Tokenizer as Backend, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-    merges = []
-    for line in (directory / "merges.txt").read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#version"):
-            left, right = line.split(" ")
-            merges.append((left, right))
     backend = Backend(BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -142,6 +136,19 @@ def _backend_from_vocab_and_merges(directory: Path, config: dict):
         ]
     )
     backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _backend_from_vocab_and_merges(directory: Path, config: dict):
+    from tokenizers import AddedToken
+
+    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    merges = []
+    for line in (directory / "merges.txt").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#version"):
+            left, right = line.split(" ")
+            merges.append((left, right))
+    backend = qwen_bpe_backend(vocab, merges)
     added = config.get("added_tokens_decoder") or {}
     for token_id, entry in sorted(added.items(), key=lambda item: int(item[0])):
         token = AddedToken(entry["content"], special=bool(entry.get("special", True)), normalized=False)

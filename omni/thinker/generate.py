@@ -37,16 +37,22 @@ class ThinkerPrompt:
         return self.input_ids.shape[0]
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, token_mask) of token lists left-padded to the longest."""
+    if not rows or any(len(row) == 0 for row in rows):
+        raise InputError("every prompt must hold at least one token")
+    longest = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for index, row in enumerate(rows):
+        input_ids[index, longest - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[index, longest - len(row) :] = True
+    return input_ids, mask
+
+
 def text_prompt(token_ids: Sequence[Sequence[int]], pad_id: int, start_position: int = 0) -> ThinkerPrompt:
     """Left-pad token lists into one batch with text positions (all three rope components equal)."""
-    if not token_ids or any(len(ids) == 0 for ids in token_ids):
-        raise InputError("every prompt must hold at least one token")
-    longest = max(len(ids) for ids in token_ids)
-    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_ids), longest), dtype=torch.bool)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[row, longest - len(ids) :] = True
+    input_ids, mask = left_pad(token_ids, pad_id)
     positions = mask.long().cumsum(-1) - 1
     positions = positions.masked_fill(~mask, 1) + start_position  # padding positions are never attended
     padded = not bool(mask.all())
