@@ -23,6 +23,17 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
 
 
+def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--system", default=None, help="system prompt (default: the one Qwen2.5-Omni speaks under)")
+    parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    parser.add_argument("--audio", action="append", default=[], help="audio file (repeatable)")
+    parser.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    parser.add_argument("--use-audio-in-video", action="store_true", help="also listen to the videos' sound")
+    parser.add_argument("--voice", default=None, help="voice of the spoken reply (e.g. Chelsie, Ethan)")
+    parser.add_argument("--text-only", action="store_true", help="reply in text only (the Talker never runs)")
+    _add_sampling_options(parser)
+
+
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from omni.make_checkpoint import make_checkpoint
 
@@ -31,37 +42,111 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from omni.chat import render_chat
-    from omni.loading import load_model
-    from omni.sampling import SamplingParams
-    from omni.thinker.generate import stream_thinker, text_prompt
-
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False)
-    messages = [{"role": "user", "content": args.prompt}]
-    if args.system:
-        messages.insert(0, {"role": "system", "content": args.system})
-    tokenizer = loaded.tokenizer
-    prompt = text_prompt([tokenizer.encode(render_chat(messages))], pad_id=loaded.generation.pad_token_id)
-    defaults = loaded.generation
-    sampling = SamplingParams(
-        do_sample=defaults.do_sample, temperature=defaults.temperature, top_k=defaults.top_k,
-        top_p=defaults.top_p, repetition_penalty=defaults.repetition_penalty,
-    )
+def _sampling_overrides(args: argparse.Namespace) -> dict:
+    overrides = {"top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty, "seed": args.seed}
     if args.temperature is not None:
-        sampling = sampling.with_overrides(do_sample=args.temperature > 0, temperature=args.temperature)
-    sampling = sampling.with_overrides(
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed
-    )
-    detokenizer = tokenizer.detokenizer()
-    for step in stream_thinker(
-        loaded.model.thinker, prompt, sampling, args.max_new_tokens,
-        stop_token_ids=defaults.eos_token_ids, pad_token_id=defaults.pad_token_id,
-    ):
-        sys.stdout.write(detokenizer.push(int(step.token_ids[0])))
-        sys.stdout.flush()
-    sys.stdout.write(detokenizer.flush() + "\n")
+        overrides.update(do_sample=args.temperature > 0, temperature=args.temperature)
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+def _user_message(text: str, images=(), audios=(), videos=()) -> dict:
+    content = [{"type": "image", "image": path} for path in images]
+    content += [{"type": "audio", "audio": path} for path in audios]
+    content += [{"type": "video", "video": path} for path in videos]
+    if text:
+        content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def _session(args: argparse.Namespace):
+    from omni.session import OmniSession
+
+    options = {"max_new_tokens": args.max_new_tokens, "use_audio_in_video": args.use_audio_in_video}
+    if args.system is not None:
+        options["system_prompt"] = args.system
+    audio = None if not args.text_only else False
+    session = OmniSession.from_pretrained(args.model, device=args.device, dtype=args.dtype, audio_output=audio, **options)
+    return session
+
+
+def _speak_reply(session, message, args: argparse.Namespace, out_path=None) -> None:
+    """Stream one reply to the terminal; audio (when the model speaks) goes to `out_path`."""
+    from omni.events import AudioChunk, ReplyDone, TextDelta
+
+    speak = session.model.audio_output and not args.text_only
+    chunks = []
+    with session.stream(message, return_audio=speak, voice=args.voice, **_sampling_overrides(args)) as events:
+        try:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, AudioChunk):
+                    chunks.append(event)
+                elif isinstance(event, ReplyDone):
+                    done = event
+        except KeyboardInterrupt:
+            events.cancel()
+            sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    if chunks and out_path is not None:
+        from omni.audio_io import write_wav
+
+        import numpy as np
+
+        write_wav(out_path, np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate_hz)
+        print(f"[audio: {sum(c.duration_s for c in chunks):.1f} s -> {out_path}]", file=sys.stderr)
+        if getattr(args, "play", False):
+            from omni.audio_io import play
+
+            play(out_path)
+    del done
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    session = _session(args)
+    message = _user_message(args.prompt, args.image, args.audio, args.video)
+    _speak_reply(session, [message], args, out_path=args.out)
     return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive chat: each line is a turn; `/image PATH`, `/audio PATH`, `/video PATH` attach media
+    to the next turn, `/reset` starts over, `/quit` (or Ctrl-D) leaves."""
+    from pathlib import Path
+
+    session = _session(args)
+    attached = {"image": list(args.image), "audio": list(args.audio), "video": list(args.video)}
+    save_dir = Path(args.save_audio) if args.save_audio else None
+    if save_dir:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    turn = 0
+    print("omni chat — /image, /audio, /video PATH attach media; /reset; /quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        if command == "/quit":
+            return 0
+        if command == "/reset":
+            session.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if command in ("/image", "/audio", "/video"):
+            attached[command[1:]].append(rest.strip())
+            continue
+        message = _user_message(line, attached["image"], attached["audio"], attached["video"])
+        attached = {"image": [], "audio": [], "video": []}
+        turn += 1
+        sys.stdout.write("omni> ")
+        try:
+            _speak_reply(session, [message], args, out_path=(save_dir / f"reply-{turn:03d}.wav") if save_dir else None)
+        except OmniError as exc:
+            print(f"omni: error: {exc}", file=sys.stderr)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -91,12 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(handler=_cmd_make_checkpoint)
 
-    run = commands.add_parser("run", help="answer one prompt, streaming the reply")
+    run = commands.add_parser("run", help="answer one prompt (with optional media), streaming the reply")
     _add_model_options(run)
     run.add_argument("--prompt", required=True)
-    run.add_argument("--system", default=None, help="system prompt")
-    _add_sampling_options(run)
+    _add_conversation_options(run)
+    run.add_argument("--out", default=None, help="write the spoken reply to this WAV file")
+    run.add_argument("--play", action="store_true", help="play the reply's audio when a player exists")
     run.set_defaults(handler=_cmd_run)
+
+    chat = commands.add_parser("chat", help="interactive chat in the terminal")
+    _add_model_options(chat)
+    _add_conversation_options(chat)
+    chat.add_argument("--save-audio", default=None, metavar="DIR", help="write each spoken reply to DIR/reply-NNN.wav")
+    chat.add_argument("--play", action="store_true", help="play each reply's audio when a player exists")
+    chat.set_defaults(handler=_cmd_chat)
 
     evaluate = commands.add_parser("eval", help="speech recognition (asr) or visual question answering (vqa) scores")
     evaluate.add_argument("task", choices=["asr", "vqa"])
