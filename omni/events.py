@@ -24,8 +24,9 @@ class AudioChunk:
 
     def pcm16(self) -> bytes:
         """Little-endian 16-bit PCM of this chunk."""
-        clipped = np.clip(self.samples, -1.0, 1.0)
-        return (clipped * 32767.0).round().astype("<i2").tobytes()
+        from omni.audio_io import pcm16_bytes
+
+        return pcm16_bytes(self.samples)
 
 
 @dataclass(frozen=True)
