@@ -9,6 +9,7 @@ from omni.errors import (
     UnknownVoiceError,
 )
 from omni.loading import LoadedModel, load_model
+from omni.session import OmniSession
 
 __all__ = [
     "AudioOutputUnavailable",
@@ -17,6 +18,7 @@ __all__ = [
     "LoadedModel",
     "MediaError",
     "OmniError",
+    "OmniSession",
     "UnknownVoiceError",
     "load_model",
 ]
