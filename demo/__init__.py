@@ -1,0 +1,1 @@
+"""omni's browser demo: a Gradio voice/video chat on `OmniSession` (`omni demo MODEL`)."""
