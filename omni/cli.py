@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=128)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    from omni.server import cli as server_cli
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions)")
+    server_cli.add_arguments(serve)
+    serve.set_defaults(handler=server_cli.run)
     return parser
 
 
