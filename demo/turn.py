@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +59,7 @@ class ReplySettings:
     max_new_tokens: int = 256
     temperature: float | None = None  # None: the checkpoint's default; 0: greedy
     seed: int | None = None
+    use_audio_in_video: bool = False  # also listen to an attached video's sound track
 
     def stream_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"return_audio": self.speak, "voice": self.voice or None,
@@ -116,6 +118,7 @@ class Conversation:
         self._detector: EndOfTurnDetector | None = None  # made on the first microphone chunk
         self._reply_lock = threading.Lock()  # one reply at a time; a new turn waits for a stopped one
         self._replying = threading.Event()
+        self.spoken_turns: deque[np.ndarray] = deque()  # utterances the detector ended, not yet answered
         self.media_dir = Path(self.media_dir)
 
     # ------------------------------------------------------------------------------------------
@@ -167,6 +170,7 @@ class Conversation:
         self.history.append(entry)
         update = ReplyUpdate(text="")
         started = time.perf_counter()
+        self.session.use_audio_in_video = settings.use_audio_in_video
         try:
             with self.session.stream([message], **settings.stream_options()) as events:
                 for event in events:
@@ -193,6 +197,7 @@ class Conversation:
     def reset(self) -> None:
         self.session.reset()
         self.history.clear()
+        self.spoken_turns.clear()
         if self._detector is not None:
             self._detector.reset()
 
@@ -211,15 +216,26 @@ class Conversation:
     # Voice chat
 
     def hear(self, samples: np.ndarray, sample_rate_hz: int) -> list[TurnEvent]:
-        """Feed a microphone chunk. Speech while a reply streams stops it (barge-in); a `turn_end`
-        event carries the utterance to pass to `voice_turn`."""
+        """Feed a microphone chunk. Speech while a reply streams stops it (barge-in); an ended turn's
+        utterance is queued for `next_spoken_turn`."""
         if self._detector is None:
             self._detector = EndOfTurnDetector(self.vad_options)
-        events = self._detector.feed(samples, sample_rate_hz)
-        if any(e.kind == "speech_start" for e in events) and self.replying:
-            self.stop()
-        return events
+        return self._handle(self._detector.feed(samples, sample_rate_hz))
 
     def end_of_microphone(self) -> list[TurnEvent]:
         """The microphone stopped: an utterance in progress ends its turn."""
-        return self._detector.flush() if self._detector is not None else []
+        return self._handle(self._detector.flush() if self._detector is not None else [])
+
+    def _handle(self, events: list[TurnEvent]) -> list[TurnEvent]:
+        for event in events:
+            if event.kind == "speech_start" and self.replying:
+                self.stop()
+            elif event.kind == "turn_end" and event.audio is not None:
+                self.spoken_turns.append(event.audio)
+        return events
+
+    def next_spoken_turn(self) -> dict[str, Any] | None:
+        """The oldest unanswered utterance as a message (recorded in the history), or None."""
+        if not self.spoken_turns:
+            return None
+        return self.voice_turn(self.spoken_turns.popleft())
