@@ -166,6 +166,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from demo.app import serve
+    except ImportError as exc:
+        raise OmniError(f"`omni demo` needs the demo extra ({exc.name} is missing): pip install -e '.[demo]'") from None
+
+    serve(args.model, host=args.host, port=args.port, share=args.share == "yes", dtype=args.dtype,
+          device=args.device, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni", description="Streaming multimodal inference for Qwen2.5-Omni")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions)")
     server_cli.add_arguments(serve)
     serve.set_defaults(handler=server_cli.run)
+
+    demo = commands.add_parser("demo", help="browser voice/video chat (Gradio) on MODEL (needs the demo extra)")
+    _add_model_options(demo)
+    demo.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every one)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", choices=["no", "yes"], default="no", help="also open a public gradio.live link")
+    demo.add_argument("--max-new-tokens", type=int, default=256, help="the reply length the settings start at")
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
