@@ -68,7 +68,6 @@ class ServerMedia:
     image_png: Path
     big_image_png: Path  # over the pixel limit of the main server
     speech_wav: Path  # 1.5 s tone
-    long_wav: Path  # 8 s: over the main server's 5 s audio limit
     video_mp4: Path
     outside: Path  # an image outside the media root
 
@@ -78,12 +77,11 @@ def server_media(tmp_path_factory) -> ServerMedia:
     root = tmp_path_factory.mktemp("media-root")
     outside = tmp_path_factory.mktemp("outside") / "secret.png"
     drawing(64, 48, seed=3).save(outside)
-    media = ServerMedia(root, root / "drawing.png", root / "big.png", root / "tone.wav", root / "long.wav",
+    media = ServerMedia(root, root / "drawing.png", root / "big.png", root / "tone.wav",
                         root / "clip.mp4", outside)
     drawing(200, 150, seed=1).save(media.image_png)
     drawing(1200, 1000, seed=2).save(media.big_image_png)
     write_audio(media.speech_wav, tone(1.5, 440.0), 16000, "wav")
-    write_audio(media.long_wav, tone(8.0, 300.0), 16000, "wav")
     write_video(media.video_mp4, video_frames(20, 112, 84, seed=4), 10, "mp4")
     return media
 
