@@ -8,7 +8,9 @@ Everything that decides anything lives in demo/turn.py; this file only wires wid
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from omni.errors import OmniError
 from omni.loading import LoadedModel
 
 MIC_CHUNK_S = 0.25  # how often the browser sends microphone audio (and so the VAD's reaction time)
+TEXT_UPDATE_S = 0.05  # at most this often a text-only update goes to the browser
 FILE_TYPES = ["image", "audio", "video"]
 
 
@@ -97,9 +100,17 @@ def build_app(
                                  temperature=float(temp), use_audio_in_video=bool(use_audio_in_video))
 
         def stream_updates(conversation: Conversation, message, settings: ReplySettings) -> Iterator[tuple]:
-            yield conversation.history, None, "", conversation
+            # the player keeps the last reply until this one's first chunk: opening an audio stream
+            # with no chunk yet leaves the browser polling an empty playlist
+            yield conversation.history, gr.skip(), "", conversation
             update = None
+            last_sent = 0.0
             for update in conversation.reply(message, settings):
+                # text-only updates are coalesced: a small model makes tokens faster than a browser redraws
+                now = time.monotonic()
+                if update.audio_wav is None and update.done is None and now - last_sent < TEXT_UPDATE_S:
+                    continue
+                last_sent = now
                 yield conversation.history, _audio_value(update), _latency_value(update), conversation
             if update is not None and update.error:
                 gr.Warning(update.error)
@@ -218,6 +229,9 @@ def serve(
     """Load `model` once and serve the demo on host:port (a public gradio.live link with share)."""
     from omni.loading import load_model
 
+    if shutil.which("ffmpeg") is None:
+        raise OmniError("the demo streams speech through ffmpeg, which is not on PATH: apt-get install ffmpeg "
+                        "(or your system's ffmpeg package)")
     loaded = load_model(model, dtype=dtype, device=device)
     app = build_app(loaded, max_new_tokens=max_new_tokens)
     app.queue(default_concurrency_limit=None)
