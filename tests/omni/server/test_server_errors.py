@@ -193,3 +193,10 @@ def test_errors_do_not_break_the_server(server):
     completion = server.openai().chat.completions.create(
         model="omni-tiny", messages=[{"role": "user", "content": "still there?"}], max_tokens=2)
     assert completion.choices[0].message.content is not None
+
+
+def test_streamed_request_errors_arrive_as_http_status_before_the_stream(server, server_media):
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.openai().chat.completions.create(
+            model="omni-tiny", stream=True, messages=_user(_image(data_uri(server_media.big_image_png, "image/png"))))
+    assert caught.value.code == "invalid_media"
