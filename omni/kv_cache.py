@@ -90,3 +90,10 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
         self.valid = None
+
+    def free(self) -> None:
+        """Release the buffers (the cache holds nothing and cannot be used again)."""
+        self.keys = []
+        self.values = []
+        self.length = 0
+        self.valid = None

@@ -107,6 +107,11 @@ def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny",
     )
     torch.manual_seed(seed)
     model = Qwen2_5OmniForConditionalGeneration(config).eval()
+    # The reference init (normal, std 0.02) leaves a random vocoder near-silent (~1e-8): give its
+    # convolutions PyTorch's default fan-in scaling so test audio has a real level to compare.
+    for module in model.token2wav.code2wav_bigvgan_model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+            module.reset_parameters()
     kwargs = {"max_shard_size": spec.max_shard_size} if spec.max_shard_size else {}
     model.save_pretrained(target, **kwargs)
     _write_quirk_fixes(target)

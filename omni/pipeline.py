@@ -17,10 +17,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from omni.events import ReplyDone, TextDelta, Timings, Usage
+from omni.events import AudioChunk, ReplyDone, TextDelta, Timings, Usage
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel
 from omni.sampling import SamplingParams
+from omni.speech import SpeechOptions, SpeechStages, TalkerContext, resolve_voice
 from omni.thinker.generate import ThinkerPrompt, stream_thinker
 
 
@@ -28,8 +29,7 @@ from omni.thinker.generate import ThinkerPrompt, stream_thinker
 class ReplyOptions:
     max_new_tokens: int = 512
     sampling: SamplingParams = SamplingParams()
-    return_audio: bool = False
-    voice: str | None = None
+    speech: SpeechOptions | None = None  # None: text only, the Talker never runs
 
 
 @dataclass
@@ -40,6 +40,8 @@ class ReplyRecord:
     sampled_token_ids: list[int] = field(default_factory=list)  # every reply token sampled
     text: str = ""
     finish_reason: str = "stop"
+    talker_context: TalkerContext | None = None  # the conversation for the next turn's Talker
+    codec_codes: list[int] = field(default_factory=list)
 
 
 class StageClock:
@@ -61,12 +63,22 @@ def run_reply(
     record: ReplyRecord,
     started_at: float | None = None,
     stage_s: dict[str, float] | None = None,
-) -> Iterator[TextDelta | ReplyDone]:
-    """Stream the events of one reply; `record` holds what was generated when the iterator ends."""
+    talker_history: TalkerContext | None = None,
+) -> Iterator[TextDelta | AudioChunk | ReplyDone]:
+    """Stream the events of one reply; `record` holds what was generated when the iterator ends.
+
+    With speech, `talker_history` is the Talker's view of the earlier turns (None on the first)."""
     start = started_at if started_at is not None else time.perf_counter()
     clock = StageClock()
     for stage, seconds in (stage_s or {}).items():
         clock.add(stage, seconds)
+    speech = None
+    if options.speech is not None:
+        voice = resolve_voice(loaded, options.speech.voice)
+        speech = SpeechStages(loaded, options.speech, talker_history, clock, start, voice)
+    elif loaded.audio_output:
+        # text only: the Talker never runs, but the turn is remembered for a later spoken one
+        speech = SpeechStages(loaded, SpeechOptions(), talker_history, clock, start, voice=None)
     first_text_at = None
     detokenizer = loaded.tokenizer.detokenizer()
     stop_ids = set(loaded.generation.eos_token_ids)
@@ -94,6 +106,8 @@ def run_reply(
                 record.fed_token_ids.append(record.sampled_token_ids[-1])
             token = int(step.token_ids[0])
             record.sampled_token_ids.append(token)
+            if speech is not None:
+                yield from speech.on_thinker_step(step, prompt)
             if token in stop_ids:
                 finish_reason = "stop"
                 continue
@@ -103,17 +117,46 @@ def run_reply(
                 if first_text_at is None:
                     first_text_at = time.perf_counter() - start
                 yield TextDelta(delta)
+        if speech is not None and speech.speaks and finish_reason != "cancelled":
+            speech.finish_text()
+            for chunk in speech.drain(cancel.is_set):
+                yield chunk
+            if cancel.is_set():
+                finish_reason = "cancelled"
     finally:
         steps.close()
-    tail = detokenizer.flush()
-    if tail and finish_reason != "cancelled":
-        record.text += tail
-        yield TextDelta(tail)
+        if speech is not None:
+            speech.close()
+    if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
+        _keep_spoken_part(loaded, record, speech.spoken_codes, stop_ids)
+    else:
+        tail = detokenizer.flush()
+        if tail and finish_reason != "cancelled":
+            record.text += tail
+            yield TextDelta(tail)
     record.finish_reason = finish_reason
+    if speech is not None:
+        record.codec_codes = list(speech.progress.codes)
+        record.talker_context = speech.context_after(len(record.fed_token_ids))
+        speech = speech if speech.speaks else None
     text_tokens = len([t for t in record.sampled_token_ids if t not in stop_ids])
+    audio_s = speech.progress.samples_out / speech.sample_rate_hz if speech is not None else 0.0
     yield ReplyDone(
         text=record.text,
         finish_reason=finish_reason,
-        usage=Usage(prompt_tokens=int(prompt.input_ids.shape[1]), text_tokens=text_tokens),
-        timings=Timings(first_text_s=first_text_at, total_s=time.perf_counter() - start, stage_s=dict(clock.seconds)),
+        usage=Usage(prompt_tokens=int(prompt.input_ids.shape[1]), text_tokens=text_tokens,
+                    codec_tokens=len(speech.progress.codes) if speech is not None else 0),
+        timings=Timings(first_text_s=first_text_at, first_audio_s=speech.progress.first_audio_at if speech else None,
+                        total_s=time.perf_counter() - start, audio_duration_s=audio_s, stage_s=dict(clock.seconds)),
     )
+
+
+def _keep_spoken_part(loaded: LoadedModel, record: ReplyRecord, spoken_codes: int, stop_ids: set[int]) -> None:
+    """After a barge-in, keep the reply only as far as it was spoken. The Talker reads one reply
+    token per codec token, so the audio handed out covers at most the first `spoken_codes` tokens;
+    the conversation continues from there (text, Thinker cache and Talker history alike)."""
+    reply = [t for t in record.sampled_token_ids if t not in stop_ids]
+    keep = max(1, min(len(reply), spoken_codes))
+    record.sampled_token_ids = reply[:keep]
+    record.fed_token_ids = reply[: keep - 1]
+    record.text = loaded.tokenizer.decode(reply[:keep])

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from omni.kv_cache import KVCache
 from omni.loading import LoadedModel, load_model
 from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
 from omni.sampling import SamplingParams
+from omni.speech import SpeechOptions, TalkerContext, resolve_voice
 from omni.prompt import encode_media, merge_prompt, prepare_prompt
 from omni.thinker.generate import ThinkerPrompt
 
@@ -42,6 +43,7 @@ class ConversationState:
     fed_token_ids: list[int] = field(default_factory=list)  # every token the cache holds, in order
     pending_token_ids: list[int] = field(default_factory=list)  # to feed before the next turn
     next_position: int = 0
+    talker_context: TalkerContext | None = None  # the conversation as the Talker reads it
 
     def reset(self) -> None:
         self.messages.clear()
@@ -49,6 +51,7 @@ class ConversationState:
         self.fed_token_ids.clear()
         self.pending_token_ids.clear()
         self.next_position = 0
+        self.talker_context = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ class OmniSession:
             do_sample=defaults.do_sample, temperature=defaults.temperature, top_k=defaults.top_k,
             top_p=defaults.top_p, repetition_penalty=defaults.repetition_penalty,
         )).validated()
+        if voice is not None and model.audio_output:
+            resolve_voice(model, voice)
         self.voice = voice
         self.state = ConversationState()
         self._lock = threading.Lock()
@@ -148,6 +153,10 @@ class OmniSession:
 
     # ------------------------------------------------------------------------------------------
     # Conversation control
+
+    @property
+    def voices(self) -> list[str]:
+        return self.model.voices
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -171,20 +180,33 @@ class OmniSession:
     def stream(
         self,
         message: str | Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        return_audio: bool = False,
+        return_audio: bool | None = None,
         voice: str | None = None,
         max_new_tokens: int | None = None,
+        speech: SpeechOptions | None = None,
         **sampling_overrides: Any,
     ) -> ReplyStream:
         """Start a reply to `message` (a string, one message dict, or a list of messages) and return
-        an iterator of TextDelta / AudioChunk events ending with one ReplyDone."""
+        an iterator of TextDelta / AudioChunk events ending with one ReplyDone.
+
+        return_audio: speak the reply (None: when the model can). voice: a name from `voices`.
+        speech: Talker sampling, codec chunking, seed / initial noise (defaults: the reference's).
+        Other keywords override the Thinker's sampling (temperature, top_k, top_p, seed, ...)."""
         started = time.perf_counter()
         new_messages = _as_messages(message)
+        sampling = self.sampling.with_overrides(**sampling_overrides) if sampling_overrides else self.sampling
+        if return_audio is None:
+            return_audio = self.model.audio_output
+        speech_options = None
+        if return_audio:
+            speech_options = replace(speech or SpeechOptions(), voice=voice or (speech.voice if speech else None) or self.voice)
+            if speech_options.seed is None and sampling.seed is not None:
+                speech_options = replace(speech_options, seed=sampling.seed)
+            resolve_voice(self.model, speech_options.voice)  # a bad voice fails here, before any work
         options = ReplyOptions(
             max_new_tokens=max_new_tokens or self.max_new_tokens,
-            sampling=self.sampling.with_overrides(**sampling_overrides) if sampling_overrides else self.sampling,
-            return_audio=return_audio,
-            voice=voice or self.voice,
+            sampling=sampling,
+            speech=speech_options,
         )
         if options.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {options.max_new_tokens}")
@@ -198,7 +220,8 @@ class OmniSession:
             cancel = threading.Event()
             self._active_cancel = cancel
             record = ReplyRecord()
-            events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started, stage_s=clock)
+            events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started, stage_s=clock,
+                               talker_history=self.state.talker_context)
         except BaseException:
             self._lock.release()
             raise
@@ -324,6 +347,7 @@ class OmniSession:
         state.next_position = int(prompt.next_position[0]) + len(kept)
         state.messages.extend(new_messages)
         state.messages.append({"role": "assistant", "content": record.text})
+        state.talker_context = record.talker_context
 
 
 def _as_messages(message: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,141 @@
+"""Streaming Token2Wav: codec tokens in as the Talker writes them, waveform chunks out.
+
+Each chunk's mel comes from running the DiT's flow over a window: `left_context_frames` already-final
+frames before the chunk, the chunk, and `look_ahead_frames` after it. The DiT attends at most one
+block (24 frames) back or ahead per layer, so a window of a few blocks reproduces the whole-utterance
+mel closely; windows start on block boundaries so their blocks are the utterance's blocks, and every
+frame starts from the same initial noise as in the whole-utterance path (`NoiseSource`). The vocoder
+then runs over the chunk's mel with `vocoder_context_frames` on each side (the right side from the
+window's provisional look-ahead mel), and consecutive chunks are joined with a short linear
+crossfade over `crossfade_samples`, computed from that same look-ahead, so the join has no click and
+costs no extra latency.
+
+Qwen's own streaming code2wav (their vLLM fork) uses 72-frame chunks, 48 frames of past context and
+24 of look-ahead; those are the defaults here, with a one-block first chunk to start audio sooner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from omni.errors import InputError
+from talker.flow import FlowOptions
+from talker.token2wav import NoiseSource, Token2Wav, VoiceCondition
+
+
+@dataclass(frozen=True)
+class ChunkSchedule:
+    first_chunk_frames: int = 24
+    chunk_frames: int = 72
+    left_context_frames: int = 48
+    look_ahead_frames: int = 24
+    vocoder_context_frames: int = 8
+    crossfade_samples: int = 240  # 10 ms at 24 kHz
+
+    def check(self, block_size: int, frames_per_code: int, samples_per_frame: int) -> ChunkSchedule:
+        for name in ("first_chunk_frames", "chunk_frames", "left_context_frames", "look_ahead_frames"):
+            value = getattr(self, name)
+            if value < 0 or value % block_size or (value == 0 and name.endswith("chunk_frames")):
+                raise InputError(f"{name}={value} must be a positive multiple of the DiT block size ({block_size} mel frames)")
+        if self.vocoder_context_frames < 0 or self.vocoder_context_frames > self.look_ahead_frames:
+            raise InputError(f"vocoder_context_frames={self.vocoder_context_frames} must lie in [0, look_ahead_frames]")
+        if self.crossfade_samples < 0 or self.crossfade_samples > self.vocoder_context_frames * samples_per_frame:
+            raise InputError(f"crossfade_samples={self.crossfade_samples} must lie in [0, vocoder context "
+                             f"({self.vocoder_context_frames * samples_per_frame} samples)]")
+        return self
+
+    def codes_for_first_chunk(self, frames_per_code: int) -> int:
+        return -(-(self.first_chunk_frames + self.look_ahead_frames) // frames_per_code)
+
+
+@dataclass
+class CodecStreamState:
+    codes: list[int] = field(default_factory=list)
+    final_mel: list[torch.Tensor] = field(default_factory=list)  # (1, n, mel_dim) pieces, only the tail is kept
+    final_frames: int = 0  # mel frames decided (and vocoded) so far
+    crossfade_tail: torch.Tensor | None = None  # provisional samples that overlap the next chunk's start
+    chunks_out: int = 0
+    finished: bool = False
+
+
+class StreamingToken2Wav:
+    """One utterance: `push(codes)` and `finish()` return the waveform chunks (float32 tensors) that
+    became ready. `reset()` starts a new utterance with fresh state."""
+
+    def __init__(self, token2wav: Token2Wav, voice: VoiceCondition, noise: NoiseSource,
+                 schedule: ChunkSchedule = ChunkSchedule(), flow: FlowOptions = FlowOptions()) -> None:
+        self.token2wav = token2wav
+        self.voice = voice
+        self.noise = noise
+        self.flow = flow
+        self.frames_per_code = token2wav.mel_frames_per_code
+        self.samples_per_frame = token2wav.samples_per_mel_frame
+        self.schedule = schedule.check(token2wav.dit_config.block_size, self.frames_per_code, self.samples_per_frame)
+        self.state = CodecStreamState()
+
+    def reset(self) -> None:
+        self.state = CodecStreamState()
+
+    @property
+    def available_frames(self) -> int:
+        return len(self.state.codes) * self.frames_per_code
+
+    def push(self, codes: list[int] | int) -> list[torch.Tensor]:
+        state = self.state
+        if state.finished:
+            raise InputError("this codec stream has finished; reset() it for a new utterance")
+        state.codes.extend([codes] if isinstance(codes, int) else codes)
+        if len(state.codes) > self.token2wav.max_codes:
+            raise InputError(f"{len(state.codes)} codec tokens exceed the DiT's limit of {self.token2wav.max_codes}")
+        chunks = []
+        while (end := self._next_chunk_end()) is not None and end + self.schedule.look_ahead_frames <= self.available_frames:
+            chunks.append(self._decode_chunk(end, final=False))
+        return chunks
+
+    def finish(self) -> list[torch.Tensor]:
+        """The codes are complete: decode what is left (ready chunks first, then the remainder)."""
+        state = self.state
+        if state.finished:
+            return []
+        chunks = self.push([])
+        state.finished = True
+        if self.available_frames > state.final_frames:
+            chunks.append(self._decode_chunk(self.available_frames, final=True))
+        return chunks
+
+    def _next_chunk_end(self) -> int | None:
+        state = self.state
+        size = self.schedule.first_chunk_frames if state.final_frames == 0 else self.schedule.chunk_frames
+        return state.final_frames + size
+
+    @torch.inference_mode()
+    def _decode_chunk(self, end: int, final: bool) -> torch.Tensor:
+        state, schedule, t2w = self.state, self.schedule, self.token2wav
+        start = state.final_frames
+        window_start = max(0, start - schedule.left_context_frames)
+        window_end = self.available_frames if final else end + schedule.look_ahead_frames
+        codes = torch.tensor(state.codes[window_start // self.frames_per_code : -(-window_end // self.frames_per_code)],
+                             dtype=torch.long, device=t2w.device).view(1, -1)
+        window_mel = t2w.mel(codes, self.voice, self.noise.frames(window_start, window_start + codes.shape[1] * self.frames_per_code),
+                             self.flow)[:, : window_end - window_start]
+        chunk_mel = window_mel[:, start - window_start : end - window_start]
+
+        left = torch.cat(state.final_mel, dim=1)[:, -schedule.vocoder_context_frames :] if state.final_mel and schedule.vocoder_context_frames else chunk_mel[:, :0]
+        right = window_mel[:, end - window_start : end - window_start + schedule.vocoder_context_frames] if not final else chunk_mel[:, :0]
+        samples = t2w.vocode(torch.cat([left, chunk_mel, right], dim=1))
+        begin = left.shape[1] * self.samples_per_frame
+        stop = begin + chunk_mel.shape[1] * self.samples_per_frame
+        chunk = samples[begin:stop].clone()
+        fade = state.crossfade_tail
+        if fade is not None and fade.numel():
+            overlap = min(fade.numel(), chunk.numel())
+            ramp = torch.linspace(0.0, 1.0, overlap + 2, device=chunk.device)[1:-1]
+            chunk[:overlap] = chunk[:overlap] * ramp + fade[:overlap] * (1 - ramp)
+        state.crossfade_tail = None if final else samples[stop : stop + schedule.crossfade_samples].clone()
+
+        state.final_mel = [torch.cat(state.final_mel + [chunk_mel], dim=1)[:, -max(schedule.vocoder_context_frames, 1) :]]
+        state.final_frames = end
+        state.chunks_out += 1
+        return chunk

@@ -1,0 +1,61 @@
+"""The transformers reference's whole speech path, instrumented: text, codec tokens, talker logits,
+waveform, and the initial noise its DiT drew (so omni can start from the same)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NOISE_SEED = 1234
+
+
+@dataclass
+class ReferenceSpeech:
+    text_ids: list[int]
+    codes: list[int]
+    talker_logits: list[torch.Tensor]  # (vocab,) per talker forward (prefill first)
+    waveform: torch.Tensor
+    initial_noise: torch.Tensor  # (frames, mel_dim)
+
+
+def codec_bad_words(vocab_size: int, num_embeds: int, stop_codes=(8292, 8294), bos=8293) -> list[list[int]]:
+    """Codes a random talker must not produce (the DiT cannot embed them), as omni restricts them."""
+    return [[code] for code in range(num_embeds + 1, vocab_size) if code not in stop_codes and code != bos]
+
+
+def reference_speech(reference, input_ids: torch.Tensor, speaker: str, thinker_max_new_tokens: int,
+                     talker_max_new_tokens: int, **inputs) -> ReferenceSpeech:
+    """Greedy Thinker, greedy Talker (the default repetition penalty still applies) through
+    `Qwen2_5OmniForConditionalGeneration.generate`."""
+    captured: dict = {"logits": []}
+    repeats = reference.config.token2wav_config.dit_config.repeats
+    mel_dim = reference.config.token2wav_config.dit_config.mel_dim
+
+    def record_talker(module, args, output):
+        captured["logits"].append(output.logits[0, -1].detach().clone())
+
+    def seed_token2wav(module, args, kwargs):
+        code = args[0] if args else kwargs["code"]
+        captured["codes"] = code[0].tolist()
+        torch.manual_seed(NOISE_SEED)
+        captured["noise"] = torch.randn([1, code.shape[1] * repeats, mel_dim])[0]
+        torch.manual_seed(NOISE_SEED)  # the DiT's own draw repeats it
+
+    config = reference.config
+    bad = codec_bad_words(config.talker_config.vocab_size, config.token2wav_config.dit_config.num_embeds)
+    hooks = [reference.talker.register_forward_hook(record_talker),
+             reference.token2wav.register_forward_pre_hook(seed_token2wav, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            text, waveform = reference.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), speaker=speaker,
+                thinker_max_new_tokens=thinker_max_new_tokens, thinker_do_sample=False,
+                thinker_eos_token_id=[151645, 151643], talker_do_sample=False,
+                talker_max_new_tokens=talker_max_new_tokens, talker_bad_words_ids=bad, **inputs,
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ReferenceSpeech(text[0, input_ids.shape[1]:].tolist(), captured["codes"], captured["logits"],
+                           waveform.reshape(-1).float(), captured["noise"])
