@@ -149,12 +149,19 @@ def test_describe_latency_prefers_the_pipeline_first_audio():
 
 
 def test_spoken_reply_streams_audio_chunks_with_first_audio_latency(conversation, loaded):
-    """Needs the Talker/Token2Wav stages in the reply pipeline (the lead's work in progress)."""
-    updates = run_reply(conversation, conversation.user_turn("Say something"), max_new_tokens=16, temperature=0.0,
-                        speak=True, voice=(loaded.voices or [None])[0])
+    """Needs the Talker/Token2Wav stages in the reply pipeline. Stopped once audio flows (the random
+    tiny Talker would otherwise speak for a long time)."""
+    updates = []
+    stream = conversation.reply(conversation.user_turn("Say something"), ReplySettings(
+        max_new_tokens=16, temperature=0.0, speak=True, voice=(loaded.voices or [None])[0]))
+    for update in stream:
+        updates.append(update)
+        if sum(1 for u in updates if u.audio_wav) == 2:
+            conversation.stop()
     assert updates[-1].error is None, updates[-1].error
     chunks = [u.audio_wav for u in updates if u.audio_wav]
-    assert chunks, "the reply streamed no audio chunk"
+    assert len(chunks) >= 2, "the reply streamed no audio chunk"
     assert all(c[:4] == b"RIFF" and len(c) > 44 for c in chunks)
     assert updates[-1].first_audio_s is not None
+    assert updates[-1].done.finish_reason in ("cancelled", "stop", "length")
     assert "first audio —" not in updates[-1].latency_text
