@@ -128,8 +128,21 @@ def _start_reply(state: ServerState, request: OmniRequest):
     options = {"system_prompt": request.system_prompt} if request.system_prompt is not None else {}
     session = OmniSession(loaded, max_new_tokens=state.config.default_max_tokens,
                           media_limits=state.config.media_limits, **options)
+    speech = _seeded_speech(request.sampling["seed"]) if request.return_audio and "seed" in request.sampling else None
     return session.stream(request.messages, return_audio=request.return_audio, voice=request.voice,
-                          max_new_tokens=request.max_new_tokens, **request.sampling)
+                          max_new_tokens=request.max_new_tokens, speech=speech, **request.sampling)
+
+
+def _seeded_speech(seed: int):
+    """A request's `seed` makes its speech reproducible too: the session seeds the codec's noise
+    with it, but the Talker samples its codes with its own (unseeded) sampler."""
+    from dataclasses import replace
+
+    from omni.speech import SpeechOptions
+    from talker.generate import TalkerOptions
+
+    talker = TalkerOptions()
+    return SpeechOptions(talker=replace(talker, sampling=replace(talker.sampling, seed=seed)), seed=seed)
 
 
 def _on_finished(state: ServerState, slot: Slot):

@@ -20,8 +20,9 @@ def _voice(served_model) -> str:
 
 
 def _speak(server, served_model, audio_format="wav", **options):
+    """A short spoken reply; the seed makes the Talker's sampling and the codec's noise reproducible."""
     return server.openai().chat.completions.create(
-        model="omni-tiny", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+        model="omni-tiny", messages=[{"role": "user", "content": "Say hello."}], max_tokens=4, seed=3,
         modalities=["text", "audio"], audio={"voice": _voice(served_model), "format": audio_format}, **greedy(),
         **options)
 

@@ -12,7 +12,7 @@ from tests.omni.server.conftest import b64_file, data_uri, greedy
 def _direct(loaded, messages, max_new_tokens, system_prompt=None) -> str:
     options = {"system_prompt": system_prompt} if system_prompt is not None else {}
     session = OmniSession(loaded, max_new_tokens=max_new_tokens, **options)
-    return session.reply(messages, do_sample=False).text
+    return session.reply(messages, return_audio=False, do_sample=False).text
 
 
 def test_health_and_models(server):
