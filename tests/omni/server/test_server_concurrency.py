@@ -60,3 +60,19 @@ def test_non_streamed_client_disconnect_cancels_its_generation(server):
         pass  # the client gave up and closed its connection
     cancelled = _cancelled_since(server, before)
     assert cancelled[-1]["completion_tokens"] < 2000
+
+
+def test_disconnect_during_speech_cancels_the_talker_too(server, served_model):
+    """The random tiny Talker would speak for a long time: leaving after the first audio stops it."""
+    before = server.stats()["finished"].get("cancelled", 0)
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 64, "stream": True,
+            "temperature": 0, "modalities": ["text", "audio"],
+            "audio": {"voice": (served_model.voices or ["Chelsie"])[0], "format": "pcm16"}}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{server.v1}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if '"data"' in line:
+                break  # the first audio chunk arrived
+    _cancelled_since(server, before)
+    assert time.monotonic() - started < 30
