@@ -60,6 +60,7 @@ class ReplyDone:
     finish_reason: str  # "stop", "length" or "cancelled"
     usage: Usage
     timings: Timings
+    codec_codes: tuple[int, ...] = ()  # the Talker's codec tokens (re-synthesis, caching, tests)
 
 
 Event = TextDelta | AudioChunk | ReplyDone

@@ -148,6 +148,7 @@ def run_reply(
                     codec_tokens=len(speech.progress.codes) if speech is not None else 0),
         timings=Timings(first_text_s=first_text_at, first_audio_s=speech.progress.first_audio_at if speech else None,
                         total_s=time.perf_counter() - start, audio_duration_s=audio_s, stage_s=dict(clock.seconds)),
+        codec_codes=tuple(record.codec_codes),
     )
 
 

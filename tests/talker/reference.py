@@ -25,9 +25,19 @@ def codec_bad_words(vocab_size: int, num_embeds: int, stop_codes=(8292, 8294), b
 
 
 def reference_speech(reference, input_ids: torch.Tensor, speaker: str, thinker_max_new_tokens: int,
-                     talker_max_new_tokens: int, **inputs) -> ReferenceSpeech:
+                     talker_max_new_tokens: int, left_pad: int = 1, pad_id: int = 151643, **inputs) -> ReferenceSpeech:
     """Greedy Thinker, greedy Talker (the default repetition penalty still applies) through
-    `Qwen2_5OmniForConditionalGeneration.generate`."""
+    `Qwen2_5OmniForConditionalGeneration.generate`.
+
+    `left_pad` padding tokens (masked out) go before the prompt. With none, transformers' generate
+    drops the all-ones attention mask before the talker's forward sees it, and the talker then skips
+    its prefill branch: no codec pad/bos embeddings on the last two inputs and plain 1-D positions
+    instead of the multimodal rope index (see test_reference_skips_codec_conditioning_without_a_mask).
+    One masked padding token keeps the mask, so the reference runs the talker prefill it means to."""
+    attention_mask = torch.ones_like(input_ids)
+    if left_pad:
+        input_ids = torch.cat([torch.full((1, left_pad), pad_id, dtype=input_ids.dtype), input_ids], dim=1)
+        attention_mask = torch.cat([torch.zeros((1, left_pad), dtype=attention_mask.dtype), attention_mask], dim=1)
     captured: dict = {"logits": []}
     repeats = reference.config.token2wav_config.dit_config.repeats
     mel_dim = reference.config.token2wav_config.dit_config.mel_dim
@@ -49,7 +59,7 @@ def reference_speech(reference, input_ids: torch.Tensor, speaker: str, thinker_m
     try:
         with torch.no_grad():
             text, waveform = reference.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), speaker=speaker,
+                input_ids=input_ids, attention_mask=attention_mask, speaker=speaker,
                 thinker_max_new_tokens=thinker_max_new_tokens, thinker_do_sample=False,
                 thinker_eos_token_id=[151645, 151643], talker_do_sample=False,
                 talker_max_new_tokens=talker_max_new_tokens, talker_bad_words_ids=bad, **inputs,

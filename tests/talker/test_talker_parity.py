@@ -1,0 +1,107 @@
+"""The Talker against the reference, inside the whole reply: with greedy Thinker and greedy Talker,
+the same reply text, talker logits within 1e-4 at every step, identical codec tokens, and (from the
+same initial noise) the reference's waveform: within 1e-4 for the non-streaming codec, and within
+the streaming bound of test_streaming for the streaming one.
+
+The reference runs with one masked padding token before the prompt: see reference.py and the last
+test here for why an unpadded call does not run the reference talker's own prefill."""
+
+import pytest
+import torch
+
+from omni import OmniSession
+from omni.chat import AUDIO_SYSTEM_PROMPT
+from omni.events import AudioChunk, ReplyDone
+from omni.prompt import build_prompt
+from omni.sampling import SamplingParams
+from omni.speech import SpeechOptions
+from talker.generate import TalkerOptions
+from tests.talker.reference import reference_speech
+from tests.talker.test_streaming import STREAMING_SNR_DB
+
+pytestmark = pytest.mark.parity
+
+TEXT_TOKENS = 16
+CODES = 96
+MESSAGES = [{"role": "user", "content": "Tell me a short story about a cat."}]
+
+
+@pytest.fixture(scope="module", params=["Chelsie", "Ethan"])
+def reference_run(speech_pair, request):
+    ours, reference = speech_pair
+    prompt = build_prompt(ours, [MESSAGES], system_prompt=AUDIO_SYSTEM_PROMPT)
+    return request.param, reference_speech(reference, prompt.input_ids, request.param, TEXT_TOKENS, CODES)
+
+
+def _omni_reply(ours, voice, expected, streaming):
+    talker_logits = []
+    hook = ours.model.talker.register_forward_hook(lambda module, args, out: talker_logits.append(out[0].clone()))
+    try:
+        session = OmniSession(ours, sampling=SamplingParams(do_sample=False))
+        speech = SpeechOptions(
+            voice=voice, streaming=streaming, initial_noise=expected.initial_noise,
+            talker=TalkerOptions(sampling=SamplingParams(do_sample=False, repetition_penalty=1.05), max_codes=CODES,
+                                 codes_per_text_token=None),
+        )
+        events = list(session.stream(MESSAGES, return_audio=True, max_new_tokens=TEXT_TOKENS, speech=speech))
+    finally:
+        hook.remove()
+    done = events[-1]
+    assert isinstance(done, ReplyDone)
+    chunks = [e for e in events if isinstance(e, AudioChunk)]
+    return session, done, chunks, talker_logits
+
+
+def test_text_logits_and_codes_match_reference(speech_pair, reference_run):
+    ours, _ = speech_pair
+    voice, expected = reference_run
+    session, done, chunks, logits = _omni_reply(ours, voice, expected, streaming=True)
+    assert done.text == ours.tokenizer.decode(expected.text_ids)
+    assert done.usage.codec_tokens == len(expected.codes)
+    assert len(logits) == len(expected.talker_logits)
+    worst = max((a - b).abs().max().item() for a, b in zip(logits, expected.talker_logits))
+    assert worst <= 1e-4
+    assert list(done.codec_codes) == expected.codes
+    assert sum(len(c.samples) for c in chunks) == len(expected.codes) * 480
+
+
+def test_non_streaming_waveform_matches_reference(speech_pair, reference_run):
+    ours, _ = speech_pair
+    voice, expected = reference_run
+    _, done, chunks, _ = _omni_reply(ours, voice, expected, streaming=False)
+    waveform = torch.from_numpy(torch.cat([torch.from_numpy(c.samples) for c in chunks]).numpy())
+    assert waveform.shape == expected.waveform.shape
+    assert (waveform - expected.waveform).abs().max().item() <= 1e-4
+
+
+def test_streaming_waveform_matches_reference_within_the_streaming_bound(speech_pair, reference_run):
+    ours, _ = speech_pair
+    voice, expected = reference_run
+    _, done, chunks, _ = _omni_reply(ours, voice, expected, streaming=True)
+    assert len(chunks) > 1  # it really streamed
+    waveform = torch.cat([torch.from_numpy(c.samples) for c in chunks])
+    assert waveform.shape == expected.waveform.shape
+    error = waveform - expected.waveform
+    snr_db = 10 * torch.log10(expected.waveform.pow(2).sum() / error.pow(2).sum()).item()
+    assert snr_db >= STREAMING_SNR_DB
+
+
+def test_reference_skips_codec_conditioning_without_a_mask(speech_pair):
+    """transformers' generate drops an all-ones attention mask; the reference talker takes a missing
+    mask to mean "not the prefill" and then never adds the codec pad/bos embeddings it builds its
+    prefill around (nor the multimodal rope index). The same prompt then gives a different first
+    talker step depending only on whether a masked padding token precedes it, which the model
+    cannot mean; omni follows the masked (intended) path, checked above."""
+    ours, reference = speech_pair
+    prompt = build_prompt(ours, [MESSAGES], system_prompt=AUDIO_SYSTEM_PROMPT)
+    seen = []
+    hook = reference.talker.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("attention_mask") is not None), with_kwargs=True)
+    try:
+        padded = reference_speech(reference, prompt.input_ids, "Chelsie", 4, 2, left_pad=1)
+        unpadded = reference_speech(reference, prompt.input_ids, "Chelsie", 4, 2, left_pad=0)
+    finally:
+        hook.remove()
+    assert padded.text_ids == unpadded.text_ids  # the Thinker is unaffected
+    assert seen[0] is True and seen[len(padded.talker_logits)] is False
+    assert (padded.talker_logits[0] - unpadded.talker_logits[0]).abs().max().item() > 1e-3
