@@ -1,6 +1,6 @@
 """`omni serve` under concurrent streaming load, over loopback.
 
-    python bench/serve.py [--preset small|tiny] [--requests 8] [--max-tokens 64] [--text-only]
+    python bench/serve.py [--preset small|tiny] [--requests 8] [--max-tokens 16] [--text-only]
 
 Starts the server in a subprocess on a random-weight checkpoint, sends one warm-up request, then N
 concurrent streaming requests asking for text and audio, and measures requests/s, the time to the
@@ -104,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
     parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=16,
+                        help="text tokens per reply (a random-weight Talker speaks up to ~50 codec tokens per text token)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="server slots (default: --requests)")
     parser.add_argument("--voice", default="Chelsie")
     parser.add_argument("--text-only", action="store_true", help="ask for text only")
