@@ -1,0 +1,96 @@
+"""Token2Wav speed: omni's codec streaming and non-streaming vs the transformers reference token2wav,
+same checkpoint, codec tokens and voice, in one process.
+
+    python bench/token2wav.py --preset small [--codes 250] [--repeats 3]
+
+Real-time factor (RTF) = compute seconds / seconds of audio produced (below 1 is faster than real
+time). The streaming decoder is fed the codes one at a time, as a Talker would deliver them; its
+first-chunk latency is the time from the first codec token until the first chunk comes back when
+the codes arrive as fast as it can take them (so it measures the decoder, not the Talker). Every
+path runs once untimed first (PyTorch/oneDNN warm-up), then the median of `repeats` runs counts.
+The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from omni.loading import load_model
+from omni.make_checkpoint import cached_checkpoint
+from talker.streaming import StreamingToken2Wav
+
+
+def _median_seconds(run, repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="small", choices=["tiny", "small"])
+    parser.add_argument("--codes", type=int, default=250, help="codec tokens (50 per second of audio)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--voice", default="Chelsie")
+    args = parser.parse_args()
+
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    path = cached_checkpoint(args.preset)
+    loaded = load_model(path, dtype="fp32", audio_output=True)
+    reference = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    t2w = loaded.model.token2wav
+    speaker = loaded.speakers[args.voice]
+    voice = t2w.voice(args.voice, speaker)
+    codes = torch.randint(0, 8192, (1, args.codes), generator=torch.Generator().manual_seed(0))
+    audio_s = args.codes * t2w.samples_per_code / 24000
+
+    def reference_run():
+        with torch.no_grad():
+            reference.token2wav(codes, conditioning=speaker["cond"].float(), reference_mel=speaker["ref_mel"].float())
+
+    def whole_run():
+        t2w.synthesize(codes, voice, t2w.noise(seed=1))
+
+    first_chunk_s = []
+
+    def streaming_run():
+        stream = StreamingToken2Wav(t2w, voice, t2w.noise(seed=1))
+        start = time.perf_counter()
+        first = None
+        for code in codes[0].tolist():
+            if stream.push(code) and first is None:
+                first = time.perf_counter() - start
+        stream.finish()
+        first_chunk_s.append(first)
+
+    reference_s = _median_seconds(reference_run, args.repeats)
+    whole_s = _median_seconds(whole_run, args.repeats)
+    streaming_s = _median_seconds(streaming_run, args.repeats)
+    figures = {
+        "preset": args.preset,
+        "codes": args.codes,
+        "audio_s": round(audio_s, 3),
+        "threads": torch.get_num_threads(),
+        "reference_rtf": round(reference_s / audio_s, 4),
+        "omni_rtf": round(whole_s / audio_s, 4),
+        "omni_streaming_rtf": round(streaming_s / audio_s, 4),
+        "first_chunk_s": round(statistics.median(first_chunk_s[1:]), 4),
+        "rtf_ratio": round(whole_s / reference_s, 3),
+        "streaming_rtf_overhead": round(streaming_s / whole_s, 3),
+    }
+    print(f"reference {reference_s:.3f}s, omni whole {whole_s:.3f}s, omni streaming {streaming_s:.3f}s for {audio_s:.2f}s of audio")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
