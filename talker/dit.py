@@ -70,7 +70,10 @@ class BlockAttention(nn.Module):
         self.to_v = nn.Linear(config.hidden_size, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, config.hidden_size)])
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None):
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Returns the output and this call's (rotated) keys and values; `past` keys/values (of the
+        block before the window, rotated at their own positions) are attended to first."""
         batch, frames, _ = hidden.shape
         shape = (batch, frames, self.heads, self.head_dim)
         q = self.to_q(hidden).view(shape).transpose(1, 2)
@@ -80,8 +83,9 @@ class BlockAttention(nn.Module):
         # (x0, x1), (x2, x3) pair layout: move that head to the half-split layout and rotate it.
         q = torch.cat([_rotate_first_head(q[:, :1], cos, sin), q[:, 1:]], dim=1)
         k = torch.cat([_rotate_first_head(k[:, :1], cos, sin), k[:, 1:]], dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.to_out[0](out.transpose(1, 2).reshape(batch, frames, self.heads * self.head_dim))
+        keys, values = (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)) if past is not None else (k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.to_out[0](out.transpose(1, 2).reshape(batch, frames, self.heads * self.head_dim)), k, v
 
 
 def _rotate_first_head(head: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -98,11 +102,12 @@ class DiTBlock(nn.Module):
         self.attn = BlockAttention(config)
         self.ff = FeedForward(config.hidden_size, config.ff_mult)
 
-    def forward(self, hidden, time, cos, sin, mask):
+    def forward(self, hidden, time, cos, sin, mask, past=None):
         normed, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(hidden, time)
-        hidden = hidden + gate_attn[:, None] * self.attn(normed, cos, sin, mask)
+        attended, keys, values = self.attn(normed, cos, sin, mask, past)
+        hidden = hidden + gate_attn[:, None] * attended
         normed = F.layer_norm(hidden, hidden.shape[-1:], eps=1e-6) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        return hidden + gate_mlp[:, None] * self.ff(normed)
+        return hidden + gate_mlp[:, None] * self.ff(normed), keys, values
 
 
 class TimestepEmbedding(nn.Module):
@@ -193,20 +198,29 @@ class DiT(nn.Module):
         ])
         return DiTCondition(projected)
 
-    def attention_masks(self, frames: int, device: torch.device) -> dict[tuple[bool, bool], torch.Tensor | None]:
-        """Boolean (frames, frames) masks per (looks_back, looks_ahead) kind of block."""
-        block = torch.arange(frames, device=device) // self.config.block_size
-        offset = block[None, :] - block[:, None]  # key block - query block
+    def attention_masks(self, frames: int, device: torch.device, past_frames: int = 0
+                        ) -> dict[tuple[bool, bool], torch.Tensor | None]:
+        """Boolean (frames, keys) masks per (looks_back, looks_ahead) kind of layer. With
+        `past_frames` (one block of remembered keys before the window), look-back layers see them
+        as the block before the window's first."""
+        block = self.config.block_size
+        query_block = torch.arange(frames, device=device) // block
         masks = {}
         for layer in self.transformer_blocks:
             kind = (layer.looks_back, layer.looks_ahead)
-            if kind not in masks:
-                mask = (offset >= -int(layer.looks_back)) & (offset <= int(layer.looks_ahead))
-                masks[kind] = None if bool(mask.all()) else mask
+            if kind in masks:
+                continue
+            key_block = query_block
+            if layer.looks_back and past_frames:
+                key_block = torch.div(torch.arange(-past_frames, frames, device=device), block, rounding_mode="floor")
+            offset = key_block[None, :] - query_block[:, None]
+            mask = (offset >= -int(layer.looks_back)) & (offset <= int(layer.looks_ahead))
+            masks[kind] = None if bool(mask.all()) else mask
         return masks
 
-    def rotary(self, frames: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = torch.arange(frames, device=device).float()[:, None] * self.inv_freq[None]
+    def rotary(self, frames: int, device: torch.device, dtype: torch.dtype, start: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = torch.arange(start, start + frames, device=device).float()[:, None] * self.inv_freq[None]
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -217,13 +231,25 @@ class DiT(nn.Module):
         condition: DiTCondition,
         rotary: tuple[torch.Tensor, torch.Tensor],
         masks: dict[tuple[bool, bool], torch.Tensor | None],
+        past: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        remember: tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None,
     ) -> torch.Tensor:
-        """The predicted flow (2 * batch, frames, mel_dim) for both guidance branches, at flow time `time` (0-d)."""
+        """The predicted flow (2 * batch, frames, mel_dim) for both guidance branches, at flow time `time` (0-d).
+
+        past: per look-back layer, keys/values of the block before the window (streaming).
+        remember: (first frame, store): put each look-back layer's keys/values of the block that
+        starts at that frame into store, for the next window."""
         branches = condition.projected.shape[0]
         hidden = self.input_embed(torch.cat([noisy_mel, noisy_mel]) if noisy_mel.shape[0] != branches else noisy_mel,
                                   condition.projected)
         time_embeds = self.time_embed(time.reshape(1).expand(branches))
         cos, sin = rotary
-        for layer in self.transformer_blocks:
-            hidden = layer(hidden, time_embeds, cos, sin, masks[(layer.looks_back, layer.looks_ahead)])
+        for index, layer in enumerate(self.transformer_blocks):
+            layer_past = past.get(index) if past and layer.looks_back else None
+            hidden, keys, values = layer(hidden, time_embeds, cos, sin, masks[(layer.looks_back, layer.looks_ahead)],
+                                         layer_past)
+            if remember is not None and layer.looks_back:
+                first, store = remember
+                block = slice(first, first + self.config.block_size)
+                store[index] = (keys[:, :, block], values[:, :, block])
         return self.proj_out(self.norm_out(hidden, time_embeds))

@@ -11,7 +11,11 @@ crossfade over `crossfade_samples`, computed from that same look-ahead, so the j
 costs no extra latency.
 
 Qwen's own streaming code2wav (their vLLM fork) uses 72-frame chunks, 48 frames of past context and
-24 of look-ahead; those are the defaults here, with a one-block first chunk to start audio sooner.
+24 of look-ahead. Here the first chunk is one block (audio starts after 24 codes), the second 72
+frames, later ones 144; and instead of re-integrating the past context in every window, the window
+starts at its chunk and reads the block before it from the keys/values the previous window computed
+(`remember_past`): each frame is integrated once plus its look-ahead, so streaming costs little more
+than one whole-utterance pass (bench/token2wav.py), at the same quality (tests/talker/test_streaming.py).
 """
 
 from __future__ import annotations
@@ -28,14 +32,23 @@ from talker.token2wav import NoiseSource, Token2Wav, VoiceCondition
 @dataclass(frozen=True)
 class ChunkSchedule:
     first_chunk_frames: int = 24
-    chunk_frames: int = 72
+    chunk_frames: int = 72  # the second chunk
+    # From the third chunk on: once audio is playing, a longer chunk halves the per-chunk look-ahead
+    # and vocoder-context cost; the second chunk stays short because it must be ready before the
+    # 0.24 s first chunk has finished playing.
+    later_chunk_frames: int = 144
     left_context_frames: int = 48
     look_ahead_frames: int = 24
     vocoder_context_frames: int = 8
     crossfade_samples: int = 240  # 10 ms at 24 kHz
+    # True: instead of re-integrating `left_context_frames` in every window, remember the keys and
+    # values the previous window computed for the block before this one (the only past the DiT's
+    # look-back layers read) at every velocity evaluation. Each frame is then integrated once
+    # (plus the look-ahead), which is what keeps streaming close to the cost of one whole pass.
+    remember_past: bool = True
 
     def check(self, block_size: int, frames_per_code: int, samples_per_frame: int) -> ChunkSchedule:
-        for name in ("first_chunk_frames", "chunk_frames", "left_context_frames", "look_ahead_frames"):
+        for name in ("first_chunk_frames", "chunk_frames", "later_chunk_frames", "left_context_frames", "look_ahead_frames"):
             value = getattr(self, name)
             if value < 0 or value % block_size or (value == 0 and name.endswith("chunk_frames")):
                 raise InputError(f"{name}={value} must be a positive multiple of the DiT block size ({block_size} mel frames)")
@@ -56,6 +69,7 @@ class CodecStreamState:
     final_mel: list[torch.Tensor] = field(default_factory=list)  # (1, n, mel_dim) pieces, only the tail is kept
     final_frames: int = 0  # mel frames decided (and vocoded) so far
     crossfade_tail: torch.Tensor | None = None  # provisional samples that overlap the next chunk's start
+    past: list | None = None  # per velocity evaluation: look-back keys/values of the block before the next window
     chunks_out: int = 0
     finished: bool = False
 
@@ -106,20 +120,30 @@ class StreamingToken2Wav:
         return chunks
 
     def _next_chunk_end(self) -> int | None:
-        state = self.state
-        size = self.schedule.first_chunk_frames if state.final_frames == 0 else self.schedule.chunk_frames
-        return state.final_frames + size
+        state, schedule = self.state, self.schedule
+        sizes = (schedule.first_chunk_frames, schedule.chunk_frames)
+        return state.final_frames + (sizes[state.chunks_out] if state.chunks_out < 2 else schedule.later_chunk_frames)
 
     @torch.inference_mode()
     def _decode_chunk(self, end: int, final: bool) -> torch.Tensor:
         state, schedule, t2w = self.state, self.schedule, self.token2wav
         start = state.final_frames
-        window_start = max(0, start - schedule.left_context_frames)
         window_end = self.available_frames if final else end + schedule.look_ahead_frames
+        if schedule.remember_past:
+            # The window starts at the chunk: the block before it is present as the keys/values
+            # its own window computed (remembered per velocity evaluation), not recomputed.
+            window_start = start
+        else:
+            window_start = max(0, start - schedule.left_context_frames)
         codes = torch.tensor(state.codes[window_start // self.frames_per_code : -(-window_end // self.frames_per_code)],
                              dtype=torch.long, device=t2w.device).view(1, -1)
-        window_mel = t2w.mel(codes, self.voice, self.noise.frames(window_start, window_start + codes.shape[1] * self.frames_per_code),
-                             self.flow)[:, : window_end - window_start]
+        noise = self.noise.frames(window_start, window_start + codes.shape[1] * self.frames_per_code)
+        block = t2w.dit_config.block_size
+        remember_from = end - block - window_start if schedule.remember_past and not final else None
+        window_mel, state.past = t2w.mel_window(codes, self.voice, noise, self.flow, start_frame=window_start,
+                                                past=state.past if schedule.remember_past else None,
+                                                remember_from=remember_from)
+        window_mel = window_mel[:, : window_end - window_start]
         chunk_mel = window_mel[:, start - window_start : end - window_start]
 
         left = torch.cat(state.final_mel, dim=1)[:, -schedule.vocoder_context_frames :] if state.final_mel and schedule.vocoder_context_frames else chunk_mel[:, :0]

@@ -115,16 +115,37 @@ class Token2Wav(nn.Module):
     def mel(self, codes: torch.Tensor, voice: VoiceCondition, initial_noise: torch.Tensor,
             flow: FlowOptions = FlowOptions()) -> torch.Tensor:
         """Mel (1, frames, mel_dim) of codes (1, n) integrated from initial_noise (frames, mel_dim)."""
+        return self.mel_window(codes, voice, initial_noise, flow)[0]
+
+    @torch.inference_mode()
+    def mel_window(self, codes: torch.Tensor, voice: VoiceCondition, initial_noise: torch.Tensor,
+                   flow: FlowOptions = FlowOptions(), start_frame: int = 0, past: list[dict] | None = None,
+                   remember_from: int | None = None) -> tuple[torch.Tensor, list[dict] | None]:
+        """The mel of a window of codes that starts at mel frame `start_frame` (a block boundary).
+
+        past: what an earlier window remembered of the block just before this one, per velocity
+        evaluation (keys/values of the look-back layers); remember_from: the window frame where the
+        block to remember for the next window starts. Returns the mel and that memory."""
         dit = self.code2wav_dit_model
         frames = codes.shape[1] * self.dit_config.repeats
         condition = dit.condition(codes.to(self.device), voice.cond, voice.speaker, voice.null_speaker)
-        rotary = dit.rotary(frames, self.device, torch.float32)
-        masks = dit.attention_masks(frames, self.device)
+        rotary = dit.rotary(frames, self.device, torch.float32, start=start_frame)
+        past_frames = self.dit_config.block_size if past else 0
+        masks = dit.attention_masks(frames, self.device, past_frames)
+        memory: list[dict] | None = [] if remember_from is not None else None
+        evaluation = 0
 
         def velocity(time: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-            return guided(dit.velocity(state, time, condition, rotary, masks), flow.guidance_scale)
+            nonlocal evaluation
+            remember = None
+            if memory is not None:
+                memory.append({})
+                remember = (remember_from, memory[-1])
+            prediction = dit.velocity(state, time, condition, rotary, masks, past[evaluation] if past else None, remember)
+            evaluation += 1
+            return guided(prediction, flow.guidance_scale)
 
-        return integrate(velocity, initial_noise.reshape(1, frames, -1), time_grid(flow, self.device))
+        return integrate(velocity, initial_noise.reshape(1, frames, -1), time_grid(flow, self.device)), memory
 
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
