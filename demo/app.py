@@ -232,7 +232,10 @@ def serve(
     if shutil.which("ffmpeg") is None:
         raise OmniError("the demo streams speech through ffmpeg, which is not on PATH: apt-get install ffmpeg "
                         "(or your system's ffmpeg package)")
+    from omni.warmup import warm_up
+
     loaded = load_model(model, dtype=dtype, device=device)
+    warm_up(loaded)  # the first user's time to first audio should not pay PyTorch's first-call costs
     app = build_app(loaded, max_new_tokens=max_new_tokens)
     app.queue(default_concurrency_limit=None)
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.omni_media_dir)],

@@ -9,6 +9,7 @@ time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -200,8 +201,14 @@ class OmniSession:
         speech_options = None
         if return_audio:
             speech_options = replace(speech or SpeechOptions(), voice=voice or (speech.voice if speech else None) or self.voice)
-            if speech_options.seed is None and sampling.seed is not None:
-                speech_options = replace(speech_options, seed=sampling.seed)
+            if sampling.seed is not None:
+                # one seed makes the whole reply reproducible: codec noise and Talker sampling too
+                talker = speech_options.talker
+                if speech_options.seed is None:
+                    speech_options = replace(speech_options, seed=sampling.seed)
+                if talker.sampling.seed is None:
+                    speech_options = replace(speech_options, talker=replace(
+                        talker, sampling=replace(talker.sampling, seed=sampling.seed)))
             resolve_voice(self.model, speech_options.voice)  # a bad voice fails here, before any work
         options = ReplyOptions(
             max_new_tokens=max_new_tokens or self.max_new_tokens,
@@ -255,7 +262,14 @@ class OmniSession:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(maxsize=64)
         finished = object()
-        stream = self.stream(message, **options)
+        # Starting a reply reads and encodes the media: do it off the event loop too. If the caller
+        # gives up meanwhile, the stream that still starts is closed at once (freeing the session).
+        starting = loop.run_in_executor(None, functools.partial(self.stream, message, **options))
+        try:
+            stream = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
+            raise
 
         def produce() -> None:
             try:

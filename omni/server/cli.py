@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"omni serve: --media-root {args.media_root!r} is not a directory", file=sys.stderr)
         return 2
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False if args.text_only else None)
+    from omni.warmup import warm_up
+
+    print(f"omni serve: warmed up in {warm_up(loaded):.1f}s", file=sys.stderr)
     config = config_from_args(args, loaded.path)
     app = create_app(loaded, config)
     print(f"omni serve: {config.model_name} on http://{args.host}:{args.port}/v1 (audio output: "
