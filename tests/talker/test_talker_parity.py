@@ -105,3 +105,47 @@ def test_reference_skips_codec_conditioning_without_a_mask(speech_pair):
     assert padded.text_ids == unpadded.text_ids  # the Thinker is unaffected
     assert seen[0] is True and seen[len(padded.talker_logits)] is False
     assert (padded.talker_logits[0] - unpadded.talker_logits[0]).abs().max().item() > 1e-3
+
+
+def test_image_and_audio_prompt_speech_matches_reference(tiny_checkpoint, tmp_path):
+    """With media the Talker reads zeros at the encoders' positions and the multimodal (TMRoPE)
+    positions of the prompt: same text, codes, logits and waveform as the reference."""
+    from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
+
+    from omni.loading import load_model
+    from omni.prompt import prepare_prompt
+    from tests.encoders.media_factory import drawing, tone, write_audio
+    from tests.encoders.reference import reference_inputs
+
+    ours = load_model(tiny_checkpoint, dtype="fp32", audio_output=True)
+    reference = Qwen2_5OmniForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    processor = Qwen2_5OmniProcessor.from_pretrained(tiny_checkpoint)
+    drawing(320, 240, seed=4).save(tmp_path / "picture.png")
+    audio = write_audio(tmp_path / "clip.wav", tone(2.0, 300.0, rate=16000), 16000, "wav")
+    messages = [{"role": "user", "content": [
+        {"type": "image", "image": str(tmp_path / "picture.png")}, {"type": "audio", "audio": str(audio)},
+        {"type": "text", "text": "What do you see and hear?"}]}]
+    conversation = [{"role": "system", "content": [{"type": "text", "text": AUDIO_SYSTEM_PROMPT}]}] + messages
+    prepared = prepare_prompt(ours.tokenizer, ours.model.thinker.config, [messages], system_prompt=AUDIO_SYSTEM_PROMPT,
+                              pad_token_id=ours.generation.pad_token_id)
+    inputs = dict(reference_inputs(processor, [conversation], prepared.items))
+    input_ids = inputs.pop("input_ids")
+    inputs.pop("attention_mask")
+    assert torch.equal(input_ids, prepared.input_ids)
+    inputs["thinker_pixel_values"] = inputs.pop("pixel_values")  # generate would hand it to the talker too
+    expected = reference_speech(reference, input_ids, "Chelsie", TEXT_TOKENS, 48, **inputs)
+
+    talker_logits = []
+    hook = ours.model.talker.register_forward_hook(lambda module, args, out: talker_logits.append(out[0].clone()))
+    try:
+        speech = SpeechOptions(voice="Chelsie", streaming=False, initial_noise=expected.initial_noise,
+                               talker=TalkerOptions(sampling=SamplingParams(do_sample=False, repetition_penalty=1.05),
+                                                    max_codes=48, codes_per_text_token=None))
+        reply = OmniSession(ours, sampling=SamplingParams(do_sample=False)).reply(
+            messages, return_audio=True, max_new_tokens=TEXT_TOKENS, speech=speech)
+    finally:
+        hook.remove()
+    assert reply.text == ours.tokenizer.decode(expected.text_ids)
+    assert list(reply.done.codec_codes) == expected.codes
+    assert max((a - b).abs().max().item() for a, b in zip(talker_logits, expected.talker_logits)) <= 1e-4
+    assert (torch.from_numpy(reply.audio) - expected.waveform).abs().max().item() <= 1e-4
