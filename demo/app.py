@@ -8,6 +8,7 @@ Everything that decides anything lives in demo/turn.py; this file only wires wid
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -216,6 +217,26 @@ def _voice_outputs(conversation: Conversation, events, count) -> tuple:
     return gr.skip(), gr.skip(), conversation
 
 
+def ensure_ffmpeg() -> bool:
+    """Gradio's streaming audio player calls `ffmpeg` from PATH. Without a system one, use the static
+    build the imageio-ffmpeg wheel ships (a `demo` extra), linked as `ffmpeg` into a private bin dir,
+    so that a fresh machine needs no system package."""
+    if shutil.which("ffmpeg") is not None:
+        return True
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return False
+    binary = Path(imageio_ffmpeg.get_ffmpeg_exe())
+    bin_dir = Path(tempfile.gettempdir()) / f"omni-ffmpeg-{os.getuid()}"
+    bin_dir.mkdir(exist_ok=True)
+    link = bin_dir / "ffmpeg"
+    if not link.exists():
+        link.symlink_to(binary)
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return shutil.which("ffmpeg") is not None
+
+
 def serve(
     model: str,
     host: str = "127.0.0.1",
@@ -229,9 +250,9 @@ def serve(
     """Load `model` once and serve the demo on host:port (a public gradio.live link with share)."""
     from omni.loading import load_model
 
-    if shutil.which("ffmpeg") is None:
-        raise OmniError("the demo streams speech through ffmpeg, which is not on PATH: apt-get install ffmpeg "
-                        "(or your system's ffmpeg package)")
+    if not ensure_ffmpeg():
+        raise OmniError("the demo streams speech through ffmpeg, which is not on PATH and imageio-ffmpeg is not "
+                        "installed: pip install -e '.[demo]' or apt-get install ffmpeg")
     from omni.warmup import warm_up
 
     loaded = load_model(model, dtype=dtype, device=device)
