@@ -24,6 +24,9 @@ class MediaLimits:
     max_remote_bytes: int = 64 * MIB
     max_file_bytes: int = 1024 * MIB  # local files, raw bytes and data URIs
     media_root: Path | None = None  # when set, local paths must resolve inside it
+    # Fetch only from hosts that resolve to public addresses, checked for the URL and every redirect
+    # (a server exposed to clients must not let them reach its own network).
+    public_remote_only: bool = False
 
     # --- audio
     sample_rate_hz: int = 16000

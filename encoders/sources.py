@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -125,8 +127,12 @@ def _remote(url: str, limits: MediaLimits, kind: str) -> MediaBytes:
         raise MediaError(f"{kind} URL {url[:120]!r}: remote fetching is disabled (enable it with "
                          "MediaLimits(allow_remote=True), or pass a local file, bytes or a data URI)")
     request = urllib.request.Request(url, headers={"User-Agent": "omni-media-fetch/1"})
+    opener = urllib.request.build_opener()
+    if limits.public_remote_only:
+        _require_public_host(url, kind)
+        opener = urllib.request.build_opener(_PublicRedirects(kind))
     try:
-        with urllib.request.urlopen(request, timeout=limits.remote_timeout_s) as response:
+        with opener.open(request, timeout=limits.remote_timeout_s) as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit():
                 _check_size(int(declared), limits.max_remote_bytes, f"{kind} URL {url[:120]!r}")
@@ -142,6 +148,34 @@ def _remote(url: str, limits: MediaLimits, kind: str) -> MediaBytes:
     if not data:
         raise MediaError(f"{kind} URL {url[:120]!r} returned no data")
     return MediaBytes(name=url[:200], data=data)
+
+
+def _require_public_host(url: str, kind: str) -> None:
+    """Refuse a URL whose host resolves to any non-public address (loopback, private, link-local...).
+    The connection resolves the name again, so a DNS answer that changes in between is not covered."""
+    host = urllib.parse.urlparse(url).hostname
+    if not host:
+        raise MediaError(f"{kind} URL {url[:120]!r} has no host")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except OSError as exc:
+        raise MediaError(f"{kind} URL host {host!r} cannot be resolved: {exc}") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if not ip.is_global:
+            raise MediaError(f"{kind} URL {url[:120]!r}: host {host!r} resolves to the non-public address {ip}; "
+                             "only public addresses may be fetched")
+
+
+class _PublicRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a public host, checked like the first URL."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        _require_public_host(newurl, self.kind)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _read_until(response, max_bytes: int, deadline: float) -> bytes:

@@ -8,6 +8,7 @@ GET /stats (omni's counters: running, waiting, finished replies by finish reason
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -57,6 +58,9 @@ class ServerState:
         self.stats = ServerStats()
         self.transcripts = TranscriptStore(config.audio_ttl_s)
         self.policy = MediaPolicy(config.media_limits, config.allow_private_remote)
+        # the loaders repeat the public-address check for every redirect the fetch follows
+        self.media_limits = dataclasses.replace(config.media_limits,
+                                                public_remote_only=not config.allow_private_remote)
         self.created_s = int(time.time())
 
 
@@ -127,7 +131,7 @@ def _start_reply(state: ServerState, request: OmniRequest):
                                 f"{', '.join(loaded.voices)}")
     options = {"system_prompt": request.system_prompt} if request.system_prompt is not None else {}
     session = OmniSession(loaded, max_new_tokens=state.config.default_max_tokens,
-                          media_limits=state.config.media_limits, **options)
+                          media_limits=state.media_limits, **options)
     speech = _seeded_speech(request.sampling["seed"]) if request.return_audio and "seed" in request.sampling else None
     return session.stream(request.messages, return_audio=request.return_audio, voice=request.voice,
                           max_new_tokens=request.max_new_tokens, speech=speech, **request.sampling)
