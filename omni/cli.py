@@ -31,6 +31,8 @@ def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-audio-in-video", action="store_true", help="also listen to the videos' sound")
     parser.add_argument("--voice", default=None, help="voice of the spoken reply (e.g. Chelsie, Ethan)")
     parser.add_argument("--text-only", action="store_true", help="reply in text only (the Talker never runs)")
+    parser.add_argument("--max-speech-seconds", type=float, default=None,
+                        help="stop the speech after this many seconds (default: the Talker's own end, at most 82 s)")
     _add_sampling_options(parser)
 
 
@@ -75,7 +77,15 @@ def _speak_reply(session, message, args: argparse.Namespace, out_path=None) -> N
 
     speak = session.model.audio_output and not args.text_only
     chunks = []
-    with session.stream(message, return_audio=speak, voice=args.voice, **_sampling_overrides(args)) as events:
+    speech = None
+    if speak and args.max_speech_seconds is not None:
+        from omni.speech import SpeechOptions
+        from talker.generate import TalkerOptions
+
+        codes = max(1, int(args.max_speech_seconds * 50))  # the codec runs at 50 tokens per second
+        speech = SpeechOptions(talker=TalkerOptions(max_codes=codes))
+    with session.stream(message, return_audio=speak, voice=args.voice, speech=speech,
+                        **_sampling_overrides(args)) as events:
         try:
             for event in events:
                 if isinstance(event, TextDelta):

@@ -48,3 +48,16 @@ def test_make_checkpoint_command(tmp_path):
     result = _omni("make-checkpoint", str(tmp_path / "ck"), "--preset", "tiny")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ck" / "config.json").is_file() and (tmp_path / "ck" / "spk_dict.pt").is_file()
+
+
+def test_run_speaks_into_a_wav_file(tiny_checkpoint, tmp_path):
+    import wave
+
+    out = tmp_path / "reply.wav"
+    result = _omni("run", str(tiny_checkpoint), "--prompt", "Hello", "--max-new-tokens", "3", "--voice", "Ethan",
+                   "--max-speech-seconds", "1", "--seed", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with wave.open(str(out)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+        assert 0 < wav.getnframes() <= 24000
+    assert "audio:" in result.stderr

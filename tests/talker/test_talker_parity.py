@@ -26,11 +26,31 @@ CODES = 96
 MESSAGES = [{"role": "user", "content": "Tell me a short story about a cat."}]
 
 
-@pytest.fixture(scope="module", params=["Chelsie", "Ethan"])
-def reference_run(speech_pair, request):
-    ours, reference = speech_pair
+# both voices on tiny; one on small, whose reference run is the slow part of this file
+CASES = [("tiny", "Chelsie"), ("tiny", "Ethan"), ("small", "Chelsie")]
+_PAIRS: dict = {}
+
+
+def _pair(preset):
+    if preset not in _PAIRS:
+        from transformers import Qwen2_5OmniForConditionalGeneration
+
+        from omni.loading import load_model
+        from tests.conftest import build_checkpoint
+
+        path = build_checkpoint(preset)
+        _PAIRS.clear()  # one pair in memory at a time
+        _PAIRS[preset] = (load_model(path, dtype="fp32", audio_output=True),
+                          Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval())
+    return _PAIRS[preset]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{p}-{v}" for p, v in CASES])
+def reference_run(request):
+    preset, voice = request.param
+    ours, reference = _pair(preset)
     prompt = build_prompt(ours, [MESSAGES], system_prompt=AUDIO_SYSTEM_PROMPT)
-    return request.param, reference_speech(reference, prompt.input_ids, request.param, TEXT_TOKENS, CODES)
+    return ours, voice, reference_speech(reference, prompt.input_ids, voice, TEXT_TOKENS, CODES)
 
 
 def _omni_reply(ours, voice, expected, streaming):
@@ -52,9 +72,8 @@ def _omni_reply(ours, voice, expected, streaming):
     return session, done, chunks, talker_logits
 
 
-def test_text_logits_and_codes_match_reference(speech_pair, reference_run):
-    ours, _ = speech_pair
-    voice, expected = reference_run
+def test_text_logits_and_codes_match_reference(reference_run):
+    ours, voice, expected = reference_run
     session, done, chunks, logits = _omni_reply(ours, voice, expected, streaming=True)
     assert done.text == ours.tokenizer.decode(expected.text_ids)
     assert done.usage.codec_tokens == len(expected.codes)
@@ -65,18 +84,16 @@ def test_text_logits_and_codes_match_reference(speech_pair, reference_run):
     assert sum(len(c.samples) for c in chunks) == len(expected.codes) * 480
 
 
-def test_non_streaming_waveform_matches_reference(speech_pair, reference_run):
-    ours, _ = speech_pair
-    voice, expected = reference_run
+def test_non_streaming_waveform_matches_reference(reference_run):
+    ours, voice, expected = reference_run
     _, done, chunks, _ = _omni_reply(ours, voice, expected, streaming=False)
     waveform = torch.from_numpy(torch.cat([torch.from_numpy(c.samples) for c in chunks]).numpy())
     assert waveform.shape == expected.waveform.shape
     assert (waveform - expected.waveform).abs().max().item() <= 1e-4
 
 
-def test_streaming_waveform_matches_reference_within_the_streaming_bound(speech_pair, reference_run):
-    ours, _ = speech_pair
-    voice, expected = reference_run
+def test_streaming_waveform_matches_reference_within_the_streaming_bound(reference_run):
+    ours, voice, expected = reference_run
     _, done, chunks, _ = _omni_reply(ours, voice, expected, streaming=True)
     assert len(chunks) > 1  # it really streamed
     waveform = torch.cat([torch.from_numpy(c.samples) for c in chunks])
@@ -86,13 +103,13 @@ def test_streaming_waveform_matches_reference_within_the_streaming_bound(speech_
     assert snr_db >= STREAMING_SNR_DB
 
 
-def test_reference_skips_codec_conditioning_without_a_mask(speech_pair):
+def test_reference_skips_codec_conditioning_without_a_mask():
     """transformers' generate drops an all-ones attention mask; the reference talker takes a missing
     mask to mean "not the prefill" and then never adds the codec pad/bos embeddings it builds its
     prefill around (nor the multimodal rope index). The same prompt then gives a different first
     talker step depending only on whether a masked padding token precedes it, which the model
     cannot mean; omni follows the masked (intended) path, checked above."""
-    ours, reference = speech_pair
+    ours, reference = _pair("tiny")
     prompt = build_prompt(ours, [MESSAGES], system_prompt=AUDIO_SYSTEM_PROMPT)
     seen = []
     hook = reference.talker.register_forward_pre_hook(
@@ -110,15 +127,13 @@ def test_reference_skips_codec_conditioning_without_a_mask(speech_pair):
 def test_image_and_audio_prompt_speech_matches_reference(tiny_checkpoint, tmp_path):
     """With media the Talker reads zeros at the encoders' positions and the multimodal (TMRoPE)
     positions of the prompt: same text, codes, logits and waveform as the reference."""
-    from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
+    from transformers import Qwen2_5OmniProcessor
 
-    from omni.loading import load_model
     from omni.prompt import prepare_prompt
     from tests.encoders.media_factory import drawing, tone, write_audio
     from tests.encoders.reference import reference_inputs
 
-    ours = load_model(tiny_checkpoint, dtype="fp32", audio_output=True)
-    reference = Qwen2_5OmniForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    ours, reference = _pair("tiny")
     processor = Qwen2_5OmniProcessor.from_pretrained(tiny_checkpoint)
     drawing(320, 240, seed=4).save(tmp_path / "picture.png")
     audio = write_audio(tmp_path / "clip.wav", tone(2.0, 300.0, rate=16000), 16000, "wav")
