@@ -220,16 +220,18 @@ class OmniSession:
         if not self._lock.acquire(blocking=False):
             raise InputError("this session is already generating a reply; cancel it or wait for it to finish")
         try:
+            # A cancel from now on counts, even while the media are still being read and encoded.
+            cancel = threading.Event()
+            self._active_cancel = cancel
             clock: dict[str, float] = {}
             prompt, prompt_ids = self._next_prompt(new_messages, clock)
             cache = self._cache_for(len(prompt_ids) + options.max_new_tokens)
             cache_length_before = cache.length
-            cancel = threading.Event()
-            self._active_cancel = cancel
             record = ReplyRecord()
             events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started, stage_s=clock,
                                talker_history=self.state.talker_context)
         except BaseException:
+            self._active_cancel = None
             self._lock.release()
             raise
 

@@ -162,3 +162,19 @@ def test_async_early_exit_cancels(tiny_text_model):
 def test_empty_message_is_refused(session):
     with pytest.raises(InputError, match="empty"):
         session.stream("   ")
+
+
+def test_cancel_while_the_prompt_is_being_prepared_still_stops_the_reply(tiny_text_model):
+    session = OmniSession(tiny_text_model, max_new_tokens=200)
+    original = session._next_prompt
+
+    def slow_prompt(messages, clock=None):
+        session.cancel()  # e.g. the user speaks while their audio message is still being encoded
+        return original(messages, clock)
+
+    session._next_prompt = slow_prompt
+    done = list(session.stream("Tell me everything."))[-1]
+    assert done.finish_reason == "cancelled" and done.usage.text_tokens == 0
+    assert session.messages == []  # the turn never happened
+    session._next_prompt = original
+    assert session.reply("Hi").done.finish_reason in ("stop", "length")
