@@ -174,3 +174,15 @@ def test_eight_spoken_sessions_in_threads_match_running_alone(model):
     for (text, codes, audio), (text2, codes2, audio2) in zip(alone, together):
         assert text == text2 and codes == codes2
         assert np.abs(audio - audio2).max() < 1e-5
+
+
+def test_a_bf16_model_speaks_with_its_codec_in_fp32(tiny_checkpoint):
+    from omni.loading import load_model
+
+    loaded = load_model(tiny_checkpoint, dtype="bf16", audio_output=True)
+    assert loaded.model.talker.dtype == torch.bfloat16
+    assert loaded.model.token2wav.code2wav_dit_model.proj_out.weight.dtype == torch.float32
+    reply = OmniSession(loaded, sampling=GREEDY).reply("Hi", return_audio=True, max_new_tokens=3,
+                                                       speech=_speech(max_codes=30))
+    assert reply.audio.dtype == np.float32 and 0 < len(reply.audio) <= 30 * 480
+    assert np.isfinite(reply.audio).all() and np.abs(reply.audio).max() > 0.01
