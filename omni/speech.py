@@ -93,7 +93,7 @@ class SpeechStages:
         self.voice_name = voice
         self.voice_entry = select_voice(loaded.speakers, voice) if voice is not None else None
         self.token2wav = model.token2wav
-        self.sample_rate_hz = self.token2wav.samples_per_mel_frame * 100  # 100 mel frames per second
+        self.sample_rate_hz = self.token2wav.sample_rate_hz
         self.talker = TalkerStream(model.talker, model.thinker.embed, options.talker,
                                    codec_vocabulary=self.token2wav.dit_config.num_embeds + 1)
         self.codec: StreamingToken2Wav | None = None

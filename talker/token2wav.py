@@ -20,6 +20,9 @@ from talker.dit import DiT
 from talker.flow import FlowOptions, guided, integrate, time_grid
 
 
+MEL_FRAMES_PER_SECOND = 100  # the codec's mel rate (codes run at 50 Hz with repeats 2)
+
+
 @dataclass(frozen=True)
 class VoiceCondition:
     """A voice from spk_dict.pt, ready for the DiT."""
@@ -85,6 +88,10 @@ class Token2Wav(nn.Module):
     @property
     def samples_per_mel_frame(self) -> int:
         return self.code2wav_bigvgan_model.samples_per_mel_frame
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.samples_per_mel_frame * MEL_FRAMES_PER_SECOND  # 24 kHz for Qwen2.5-Omni
 
     @property
     def samples_per_code(self) -> int:
