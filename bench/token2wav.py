@@ -7,7 +7,8 @@ Real-time factor (RTF) = compute seconds / seconds of audio produced (below 1 is
 time). The streaming decoder is fed the codes one at a time, as a Talker would deliver them; its
 first-chunk latency is the time from the first codec token until the first chunk comes back when
 the codes arrive as fast as it can take them (so it measures the decoder, not the Talker). Every
-path runs once untimed first (PyTorch/oneDNN warm-up), then the median of `repeats` runs counts.
+path runs once untimed first (PyTorch/oneDNN warm-up), then the median of `repeats` runs counts,
+the three paths taking turns.
 The last line is JSON.
 """
 
@@ -25,21 +26,25 @@ from omni.make_checkpoint import cached_checkpoint
 from talker.streaming import StreamingToken2Wav
 
 
-def _median_seconds(run, repeats: int) -> float:
-    run()
-    times = []
+def _interleaved_medians(runs, repeats: int) -> list[float]:
+    """Median seconds of each run; the runs take turns, so a slow spell of this shared machine hits
+    all of them rather than one."""
+    for run in runs:
+        run()  # warm-up
+    times = [[] for _ in runs]
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for run, spent in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
     parser.add_argument("--codes", type=int, default=250, help="codec tokens (50 per second of audio)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--voice", default="Chelsie")
     args = parser.parse_args()
 
@@ -73,9 +78,7 @@ def main() -> None:
         stream.finish()
         first_chunk_s.append(first)
 
-    reference_s = _median_seconds(reference_run, args.repeats)
-    whole_s = _median_seconds(whole_run, args.repeats)
-    streaming_s = _median_seconds(streaming_run, args.repeats)
+    reference_s, whole_s, streaming_s = _interleaved_medians([reference_run, whole_run, streaming_run], args.repeats)
     figures = {
         "preset": args.preset,
         "codes": args.codes,
@@ -84,7 +87,7 @@ def main() -> None:
         "reference_rtf": round(reference_s / audio_s, 4),
         "omni_rtf": round(whole_s / audio_s, 4),
         "omni_streaming_rtf": round(streaming_s / audio_s, 4),
-        "first_chunk_s": round(statistics.median(first_chunk_s[1:]), 4),
+        "first_chunk_s": round(statistics.median(first_chunk_s[1:]), 4),  # warm runs only
         "rtf_ratio": round(whole_s / reference_s, 3),
         "streaming_rtf_overhead": round(streaming_s / whole_s, 3),
     }

@@ -12,7 +12,7 @@ costs no extra latency.
 
 Qwen's own streaming code2wav (their vLLM fork) uses 72-frame chunks, 48 frames of past context and
 24 of look-ahead. Here the first chunk is one block (audio starts after 24 codes), the second 72
-frames, later ones 144; and instead of re-integrating the past context in every window, the window
+frames, later ones 192; and instead of re-integrating the past context in every window, the window
 starts at its chunk and reads the block before it from the keys/values the previous window computed
 (`remember_past`): each frame is integrated once plus its look-ahead, so streaming costs little more
 than one whole-utterance pass (bench/token2wav.py), at the same quality (tests/talker/test_streaming.py).
@@ -36,7 +36,7 @@ class ChunkSchedule:
     # From the third chunk on: once audio is playing, a longer chunk halves the per-chunk look-ahead
     # and vocoder-context cost; the second chunk stays short because it must be ready before the
     # 0.24 s first chunk has finished playing.
-    later_chunk_frames: int = 144
+    later_chunk_frames: int = 192
     left_context_frames: int = 48
     look_ahead_frames: int = 24
     vocoder_context_frames: int = 8

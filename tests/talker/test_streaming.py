@@ -42,7 +42,7 @@ def _quality(chunks, whole):
 
 
 @pytest.mark.parametrize("schedule", [
-    ChunkSchedule(),  # 24, 72, then 144-frame chunks; 24 frames of look-ahead; remembered past
+    ChunkSchedule(),  # 24, 72, then 192-frame chunks; 24 frames of look-ahead; remembered past
     ChunkSchedule(later_chunk_frames=72, remember_past=False),  # Qwen's 72 / 48 / 24 windows, recomputed
     ChunkSchedule(first_chunk_frames=48, chunk_frames=48, later_chunk_frames=48, left_context_frames=24),
 ])
