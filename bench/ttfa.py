@@ -1,7 +1,7 @@
 """Time to first audio: omni's streaming reply vs the transformers reference `generate`, same
 checkpoint, prompt (an image, an audio clip and a question) and output lengths, in one process.
 
-    python bench/ttfa.py --preset small [--text-tokens 48] [--codes 400] [--repeats 2]
+    python bench/ttfa.py --preset small [--text-tokens 48] [--codes 400] [--repeats 3]
 
 The defaults are a typical spoken reply: 48 text tokens, 8 s of speech.
 
@@ -11,7 +11,7 @@ exactly that many; the bench checks both sides produced them). The reference's c
 processor and `generate`, which returns audio only at the end: its time to audio is its total.
 omni's clock covers the whole `session.stream` call: reading the files, preprocessing, encoders,
 Thinker, Talker, codec. `streaming_overhead` compares omni streaming to omni with the codec run
-once over the finished codes. Every path runs once untimed first; medians of `--repeats` count.
+once over the finished codes. Every path runs once untimed first; then the three take turns and medians of `--repeats` count.
 The last line is JSON.
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
     parser.add_argument("--text-tokens", type=int, default=48)
     parser.add_argument("--codes", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor
@@ -105,13 +105,15 @@ def main() -> None:
         total = time.perf_counter() - start
         return first_audio, total, done.usage.text_tokens, done.usage.codec_tokens
 
-    def measure(run):
+    runs = [reference_run, lambda: omni_run(True), lambda: omni_run(False)]
+    for run in runs:
         run()  # warm-up
-        return [run() for _ in range(args.repeats)]
-
-    reference_runs = measure(reference_run)
-    streaming_runs = measure(lambda: omni_run(True))
-    whole_runs = measure(lambda: omni_run(False))
+    # the three take turns, so a slow spell of this shared machine hits all of them, not one
+    results = [[] for _ in runs]
+    for _ in range(args.repeats):
+        for run, out in zip(runs, results):
+            out.append(run())
+    reference_runs, streaming_runs, whole_runs = results
     lengths = {"reference": reference_runs[0][1:], "omni": streaming_runs[0][2:], "omni_whole": whole_runs[0][2:]}
     if len({tuple(v) for v in lengths.values()}) != 1:
         raise SystemExit(f"the runs produced different lengths (text tokens, codes): {lengths}")
