@@ -118,6 +118,7 @@ class Conversation:
         self._detector: EndOfTurnDetector | None = None  # made on the first microphone chunk
         self._reply_lock = threading.Lock()  # one reply at a time; a new turn waits for a stopped one
         self._replying = threading.Event()
+        self._stop_requested = threading.Event()
         self.spoken_turns: deque[np.ndarray] = deque()  # utterances the detector ended, not yet answered
         self.media_dir = Path(self.media_dir)
 
@@ -159,6 +160,7 @@ class Conversation:
         if not self._reply_lock.acquire(timeout=REPLY_WAIT_S):
             raise InputError(f"the previous reply did not stop within {REPLY_WAIT_S:.0f} s; press Stop or Clear")
         try:
+            self._stop_requested.clear()
             self._replying.set()
             yield from self._stream_reply(message, settings)
         finally:
@@ -173,6 +175,8 @@ class Conversation:
         self.session.use_audio_in_video = settings.use_audio_in_video
         try:
             with self.session.stream([message], **settings.stream_options()) as events:
+                if self._stop_requested.is_set():
+                    events.cancel()  # a stop that came before the session had started this reply
                 for event in events:
                     if isinstance(event, TextDelta):
                         update = replace(update, text=update.text + event.text, audio_wav=None)
@@ -192,6 +196,7 @@ class Conversation:
 
     def stop(self) -> None:
         """Stop the reply in progress (within one decoding step); its partial text stays."""
+        self._stop_requested.set()
         self.session.cancel()
 
     def reset(self) -> None:
