@@ -17,27 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from omni.loading import load_model
-from omni.make_checkpoint import cached_checkpoint
-from talker.streaming import StreamingToken2Wav
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.turns import take_turns  # noqa: E402
+from omni.loading import load_model  # noqa: E402
+from omni.make_checkpoint import cached_checkpoint  # noqa: E402
+from talker.streaming import StreamingToken2Wav  # noqa: E402
 
 
-def _interleaved_medians(runs, repeats: int) -> list[float]:
-    """Median seconds of each run; the runs take turns, so a slow spell of this shared machine hits
-    all of them rather than one."""
-    for run in runs:
-        run()  # warm-up
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, spent in zip(runs, times):
-            start = time.perf_counter()
-            run()
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) for spent in times]
+def _seconds(run):
+    def timed() -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+    return timed
 
 
 def main() -> None:
@@ -78,7 +77,8 @@ def main() -> None:
         stream.finish()
         first_chunk_s.append(first)
 
-    reference_s, whole_s, streaming_s = _interleaved_medians([reference_run, whole_run, streaming_run], args.repeats)
+    reference_s, whole_s, streaming_s = (statistics.median(times) for times in take_turns(
+        [_seconds(reference_run), _seconds(whole_run), _seconds(streaming_run)], args.repeats))
     figures = {
         "preset": args.preset,
         "codes": args.codes,

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.turns import take_turns  # noqa: E402
 from omni.chat import AUDIO_SYSTEM_PROMPT  # noqa: E402
 from omni.events import AudioChunk, ReplyDone  # noqa: E402
 from omni.loading import load_model  # noqa: E402
@@ -105,15 +106,8 @@ def main() -> None:
         total = time.perf_counter() - start
         return first_audio, total, done.usage.text_tokens, done.usage.codec_tokens
 
-    runs = [reference_run, lambda: omni_run(True), lambda: omni_run(False)]
-    for run in runs:
-        run()  # warm-up
-    # the three take turns, so a slow spell of this shared machine hits all of them, not one
-    results = [[] for _ in runs]
-    for _ in range(args.repeats):
-        for run, out in zip(runs, results):
-            out.append(run())
-    reference_runs, streaming_runs, whole_runs = results
+    reference_runs, streaming_runs, whole_runs = take_turns(
+        [reference_run, lambda: omni_run(True), lambda: omni_run(False)], args.repeats)
     lengths = {"reference": reference_runs[0][1:], "omni": streaming_runs[0][2:], "omni_whole": whole_runs[0][2:]}
     if len({tuple(v) for v in lengths.values()}) != 1:
         raise SystemExit(f"the runs produced different lengths (text tokens, codes): {lengths}")

@@ -136,7 +136,7 @@ def run_reply(
             yield TextDelta(tail)
     record.finish_reason = finish_reason
     if speech is not None:
-        record.codec_codes = list(speech.progress.codes)
+        record.codec_codes = list(speech.talker.codes)
         record.talker_context = speech.context_after(len(record.fed_token_ids))
         speech = speech if speech.speaks else None
     text_tokens = len([t for t in record.sampled_token_ids if t not in stop_ids])
@@ -145,7 +145,7 @@ def run_reply(
         text=record.text,
         finish_reason=finish_reason,
         usage=Usage(prompt_tokens=int(prompt.input_ids.shape[1]), text_tokens=text_tokens,
-                    codec_tokens=len(speech.progress.codes) if speech is not None else 0),
+                    codec_tokens=len(record.codec_codes) if speech is not None else 0),
         timings=Timings(first_text_s=first_text_at, first_audio_s=speech.progress.first_audio_at if speech else None,
                         total_s=time.perf_counter() - start, audio_duration_s=audio_s, stage_s=dict(clock.seconds)),
         codec_codes=tuple(record.codec_codes),

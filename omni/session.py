@@ -23,7 +23,7 @@ import torch
 from encoders.limits import MediaLimits
 from omni.chat import AUDIO_SYSTEM_PROMPT, validate_messages
 from omni.errors import InputError
-from omni.events import AudioChunk, Event, ReplyDone, TextDelta
+from omni.events import AudioChunk, Event, ReplyDone
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel, load_model
 from omni.pipeline import ReplyOptions, ReplyRecord, run_reply

@@ -70,7 +70,6 @@ def resolve_voice(loaded: LoadedModel, voice: str | None) -> str:
 
 @dataclass
 class SpeechProgress:
-    codes: list[int] = field(default_factory=list)
     samples_out: int = 0
     chunks_out: int = 0
     first_audio_at: float | None = None
@@ -165,22 +164,19 @@ class SpeechStages:
             self.clock.add("talker", time.perf_counter() - began)
             if code is not None:
                 yield from self._codes_out([code])
-        if cancelled() or not self.progress.codes:
+        if cancelled() or not self.talker.codes:
             return
         began = time.perf_counter()
         if self.options.streaming:
             samples = self._ensure_codec().finish()
         else:
-            codes = torch.tensor(self.progress.codes, dtype=torch.long).view(1, -1)
+            codes = torch.tensor(self.talker.codes, dtype=torch.long).view(1, -1)
             samples = [self.token2wav.synthesize(codes, self._voice(), self._noise(), self.options.flow)]
         self.clock.add("token2wav", time.perf_counter() - began)
         yield from self._chunks(samples)
 
     def _codes_out(self, codes: list[int]) -> list[AudioChunk]:
-        if not codes:
-            return []
-        self.progress.codes.extend(codes)
-        if not self.options.streaming:
+        if not codes or not self.options.streaming:
             return []
         began = time.perf_counter()
         samples = self._ensure_codec().push(codes)

@@ -89,6 +89,11 @@ class TalkerStream:
     # -- decoding ----------------------------------------------------------------------------------
 
     @property
+    def codes(self) -> list[int]:
+        """The codes produced so far (stop codes excluded)."""
+        return self.state.codes if self.state is not None else []
+
+    @property
     def started(self) -> bool:
         return self.state is not None
 
@@ -102,7 +107,7 @@ class TalkerStream:
 
     @torch.inference_mode()
     def start(self, context_embeds: torch.Tensor, context_positions: torch.Tensor, next_position: int,
-              voice_bos_token: int, first_reply_part: torch.Tensor, capacity: int | None = None) -> int:
+              voice_bos_token: int, first_reply_part: torch.Tensor) -> int:
         """Prefill over the conversation and return the first code.
 
         context_embeds (1, L, embedding_size): Thinker input embeddings (zero at multimodal positions)
@@ -110,8 +115,7 @@ class TalkerStream:
         positions; next_position the position after them."""
         talker, config, device = self.talker, self.config, self.talker.device
         length = context_embeds.shape[1]
-        capacity = capacity or length + 2 + min(self.options.max_codes, 512)  # grows by doubling if needed
-        cache = talker.model.new_cache(1, capacity)
+        cache = talker.model.new_cache(1, length + 2 + min(self.options.max_codes, 512))  # grows by doubling
         bos_embed = self.text_embed(torch.tensor([[voice_bos_token]], device=device))
         embeds = torch.cat([context_embeds.to(device, talker.dtype), bos_embed.to(talker.dtype),
                             first_reply_part.to(device, talker.dtype)], dim=1)

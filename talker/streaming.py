@@ -47,7 +47,7 @@ class ChunkSchedule:
     # (plus the look-ahead), which is what keeps streaming close to the cost of one whole pass.
     remember_past: bool = True
 
-    def check(self, block_size: int, frames_per_code: int, samples_per_frame: int) -> ChunkSchedule:
+    def check(self, block_size: int, samples_per_frame: int) -> ChunkSchedule:
         for name in ("first_chunk_frames", "chunk_frames", "later_chunk_frames", "left_context_frames", "look_ahead_frames"):
             value = getattr(self, name)
             if value < 0 or value % block_size or (value == 0 and name.endswith("chunk_frames")):
@@ -66,7 +66,7 @@ class ChunkSchedule:
 @dataclass
 class CodecStreamState:
     codes: list[int] = field(default_factory=list)
-    final_mel: list[torch.Tensor] = field(default_factory=list)  # (1, n, mel_dim) pieces, only the tail is kept
+    mel_tail: torch.Tensor | None = None  # (1, <= vocoder_context_frames, mel_dim): the last decided mel frames
     final_frames: int = 0  # mel frames decided (and vocoded) so far
     crossfade_tail: torch.Tensor | None = None  # provisional samples that overlap the next chunk's start
     past: list | None = None  # per velocity evaluation: look-back keys/values of the block before the next window
@@ -86,7 +86,7 @@ class StreamingToken2Wav:
         self.flow = flow
         self.frames_per_code = token2wav.mel_frames_per_code
         self.samples_per_frame = token2wav.samples_per_mel_frame
-        self.schedule = schedule.check(token2wav.dit_config.block_size, self.frames_per_code, self.samples_per_frame)
+        self.schedule = schedule.check(token2wav.dit_config.block_size, self.samples_per_frame)
         self.state = CodecStreamState()
 
     def reset(self) -> None:
@@ -104,7 +104,7 @@ class StreamingToken2Wav:
         if len(state.codes) > self.token2wav.max_codes:
             raise InputError(f"{len(state.codes)} codec tokens exceed the DiT's limit of {self.token2wav.max_codes}")
         chunks = []
-        while (end := self._next_chunk_end()) is not None and end + self.schedule.look_ahead_frames <= self.available_frames:
+        while (end := self._next_chunk_end()) + self.schedule.look_ahead_frames <= self.available_frames:
             chunks.append(self._decode_chunk(end, final=False))
         return chunks
 
@@ -119,7 +119,7 @@ class StreamingToken2Wav:
             chunks.append(self._decode_chunk(self.available_frames, final=True))
         return chunks
 
-    def _next_chunk_end(self) -> int | None:
+    def _next_chunk_end(self) -> int:
         state, schedule = self.state, self.schedule
         sizes = (schedule.first_chunk_frames, schedule.chunk_frames)
         return state.final_frames + (sizes[state.chunks_out] if state.chunks_out < 2 else schedule.later_chunk_frames)
@@ -146,7 +146,7 @@ class StreamingToken2Wav:
         window_mel = window_mel[:, : window_end - window_start]
         chunk_mel = window_mel[:, start - window_start : end - window_start]
 
-        left = torch.cat(state.final_mel, dim=1)[:, -schedule.vocoder_context_frames :] if state.final_mel and schedule.vocoder_context_frames else chunk_mel[:, :0]
+        left = state.mel_tail if state.mel_tail is not None else chunk_mel[:, :0]
         right = window_mel[:, end - window_start : end - window_start + schedule.vocoder_context_frames] if not final else chunk_mel[:, :0]
         samples = t2w.vocode(torch.cat([left, chunk_mel, right], dim=1))
         begin = left.shape[1] * self.samples_per_frame
@@ -159,7 +159,8 @@ class StreamingToken2Wav:
             chunk[:overlap] = chunk[:overlap] * ramp + fade[:overlap] * (1 - ramp)
         state.crossfade_tail = None if final else samples[stop : stop + schedule.crossfade_samples].clone()
 
-        state.final_mel = [torch.cat(state.final_mel + [chunk_mel], dim=1)[:, -max(schedule.vocoder_context_frames, 1) :]]
+        decided = chunk_mel if state.mel_tail is None else torch.cat([state.mel_tail, chunk_mel], dim=1)
+        state.mel_tail = decided[:, max(0, decided.shape[1] - schedule.vocoder_context_frames) :]
         state.final_frames = end
         state.chunks_out += 1
         return chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,24 @@ def tiny_text_model(tiny_checkpoint):
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def run_in_threads(function, arguments: list) -> list:
+    """function(argument) for every argument, each in its own thread at once; the results in order.
+    An exception in any thread is raised here."""
+    results, errors = [None] * len(arguments), []
+
+    def work(index):
+        try:
+            results[index] = function(arguments[index])
+        except Exception as exc:  # raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(arguments))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

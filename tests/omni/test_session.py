@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
@@ -12,7 +11,7 @@ from omni.events import ReplyDone, TextDelta
 from omni.sampling import SamplingParams
 from omni.session import OmniSession
 from omni.thinker.generate import stream_thinker, text_prompt
-from tests.conftest import PAD_ID, STOP_IDS
+from tests.conftest import PAD_ID, STOP_IDS, run_in_threads
 
 
 @pytest.fixture
@@ -118,23 +117,12 @@ def test_reset_forgets_everything(session):
 
 def test_eight_sessions_in_threads_match_running_alone(tiny_text_model):
     prompts = [f"Question number {i}: what is {i} + {i}?" for i in range(8)]
-    alone = [OmniSession(tiny_text_model, max_new_tokens=8).reply(p).text for p in prompts]
-    together = [None] * 8
-    errors = []
 
-    def work(index):
-        try:
-            together[index] = OmniSession(tiny_text_model, max_new_tokens=8).reply(prompts[index]).text
-        except Exception as exc:  # reported below
-            errors.append(exc)
+    def answer(prompt):
+        return OmniSession(tiny_text_model, max_new_tokens=8).reply(prompt).text
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert together == alone
+    alone = [answer(p) for p in prompts]
+    assert run_in_threads(answer, prompts) == alone
 
 
 def test_async_stream(session):

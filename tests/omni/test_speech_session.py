@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from omni.errors import AudioOutputUnavailable, UnknownVoiceError
-from omni.events import AudioChunk, ReplyDone, TextDelta
+from omni.events import AudioChunk, ReplyDone
 from omni.kv_cache import KVCache
 from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
 from omni.sampling import SamplingParams
@@ -17,7 +17,7 @@ from omni.session import OmniSession
 from omni.speech import SpeechOptions
 from omni.thinker.generate import text_prompt
 from talker.generate import TalkerOptions
-from tests.conftest import PAD_ID
+from tests.conftest import PAD_ID, run_in_threads
 
 GREEDY = SamplingParams(do_sample=False)
 
@@ -157,20 +157,7 @@ def test_eight_spoken_sessions_in_threads_match_running_alone(model):
         return reply.text, reply.done.codec_codes, reply.audio
 
     alone = [speak(p) for p in prompts]
-    together, errors = [None] * 8, []
-
-    def work(index):
-        try:
-            together[index] = speak(prompts[index])
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    together = run_in_threads(speak, prompts)
     for (text, codes, audio), (text2, codes2, audio2) in zip(alone, together):
         assert text == text2 and codes == codes2
         assert np.abs(audio - audio2).max() < 1e-5
