@@ -39,6 +39,17 @@ def _seconds(run):
     return timed
 
 
+def _stream_quality(chunks: list[torch.Tensor], whole: torch.Tensor) -> dict[str, float]:
+    joined = torch.cat(chunks)
+    snr_db = 10 * torch.log10(whole.pow(2).sum() / (joined - whole).pow(2).sum()).item()
+    borders = torch.tensor([len(c) for c in chunks[:-1]]).cumsum(0)
+    return {
+        "streaming_snr_db": round(snr_db, 2),
+        "max_border_jump": round((joined[borders] - joined[borders - 1]).abs().max().item(), 4),
+        "whole_max_sample_step": round((whole[1:] - whole[:-1]).abs().max().item(), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
@@ -62,8 +73,10 @@ def main() -> None:
         with torch.no_grad():
             reference.token2wav(codes, conditioning=speaker["cond"].float(), reference_mel=speaker["ref_mel"].float())
 
+    outputs = {}
+
     def whole_run():
-        t2w.synthesize(codes, voice, t2w.noise(seed=1))
+        outputs["whole"] = t2w.synthesize(codes, voice, t2w.noise(seed=1))
 
     first_chunk_s = []
 
@@ -71,11 +84,14 @@ def main() -> None:
         stream = StreamingToken2Wav(t2w, voice, t2w.noise(seed=1))
         start = time.perf_counter()
         first = None
+        chunks = []
         for code in codes[0].tolist():
-            if stream.push(code) and first is None:
+            chunks += stream.push(code)
+            if chunks and first is None:
                 first = time.perf_counter() - start
-        stream.finish()
+        chunks += stream.finish()
         first_chunk_s.append(first)
+        outputs["chunks"] = chunks
 
     reference_s, whole_s, streaming_s = (statistics.median(times) for times in take_turns(
         [_seconds(reference_run), _seconds(whole_run), _seconds(streaming_run)], args.repeats))
@@ -90,6 +106,8 @@ def main() -> None:
         "first_chunk_s": round(statistics.median(first_chunk_s[1:]), 4),  # warm runs only
         "rtf_ratio": round(whole_s / reference_s, 3),
         "streaming_rtf_overhead": round(streaming_s / whole_s, 3),
+        # quality of the stream against the whole-utterance waveform from the same noise
+        **_stream_quality(outputs["chunks"], outputs["whole"]),
     }
     print(f"reference {reference_s:.3f}s, omni whole {whole_s:.3f}s, omni streaming {streaming_s:.3f}s for {audio_s:.2f}s of audio")
     print(json.dumps(figures))
