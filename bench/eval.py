@@ -16,7 +16,7 @@ from pathlib import Path
 from omni.eval.data import load_asr
 from omni.eval.runner import run_eval
 from omni.loading import load_model
-from omni.make_checkpoint import cached_checkpoint
+from omni.tools.make_checkpoint import cached_checkpoint
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog", "open the window and let the fresh air in",

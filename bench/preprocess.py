@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from encoders.audio_features import extract_features  # noqa: E402
-from encoders.audio_loader import load_audio  # noqa: E402
-from encoders.image_loader import load_image  # noqa: E402
-from encoders.image_processing import (  # noqa: E402
+from omni.encoders.audio_features import extract_features  # noqa: E402
+from omni.encoders.audio_loader import load_audio  # noqa: E402
+from omni.encoders.image_loader import load_image  # noqa: E402
+from omni.encoders.image_processing import (  # noqa: E402
     PatchGeometry,
     image_frames,
     image_size_for,
@@ -41,10 +41,10 @@ from encoders.image_processing import (  # noqa: E402
     resize_frames,
     video_size_for,
 )
-from encoders.limits import MediaLimits  # noqa: E402
-from encoders.video_loader import load_video  # noqa: E402
-from omni.make_checkpoint import cached_checkpoint  # noqa: E402
-from tests.encoders.media_factory import drawing, tone, video_frames, write_audio, write_video  # noqa: E402
+from omni.encoders.limits import MediaLimits  # noqa: E402
+from omni.encoders.video_loader import load_video  # noqa: E402
+from omni.tools.make_checkpoint import cached_checkpoint  # noqa: E402
+from omni.tools.media_factory import drawing, tone, video_frames, write_audio, write_video  # noqa: E402
 
 GEOMETRY = PatchGeometry()
 LIMITS = MediaLimits()

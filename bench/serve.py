@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from omni.make_checkpoint import cached_checkpoint
+from omni.tools.make_checkpoint import cached_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["Tell me about rivers.", "What is the weather like on Mars?", "Describe a busy market.",

@@ -18,7 +18,7 @@ import torch
 
 from omni.chat import render_chat
 from omni.loading import load_model
-from omni.make_checkpoint import cached_checkpoint
+from omni.tools.make_checkpoint import cached_checkpoint
 from omni.sampling import SamplingParams
 from omni.thinker.generate import stream_thinker, text_prompt
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.turns import take_turns  # noqa: E402
 from omni.loading import load_model  # noqa: E402
-from omni.make_checkpoint import cached_checkpoint  # noqa: E402
-from talker.streaming import StreamingToken2Wav  # noqa: E402
+from omni.tools.make_checkpoint import cached_checkpoint  # noqa: E402
+from omni.talker.streaming import StreamingToken2Wav  # noqa: E402
 
 
 def _seconds(run):

@@ -34,15 +34,15 @@ from bench.turns import take_turns  # noqa: E402
 from omni.chat import AUDIO_SYSTEM_PROMPT  # noqa: E402
 from omni.events import AudioChunk, ReplyDone  # noqa: E402
 from omni.loading import load_model  # noqa: E402
-from omni.make_checkpoint import cached_checkpoint  # noqa: E402
+from omni.tools.make_checkpoint import cached_checkpoint  # noqa: E402
 from omni.prompt import prepare_prompt  # noqa: E402
 from omni.sampling import SamplingParams  # noqa: E402
 from omni.session import OmniSession  # noqa: E402
 from omni.speech import SpeechOptions  # noqa: E402
-from talker.generate import TalkerOptions  # noqa: E402
-from tests.encoders.media_factory import drawing, tone, write_audio  # noqa: E402
-from tests.encoders.reference import reference_inputs  # noqa: E402
-from tests.talker.reference import codec_bad_words  # noqa: E402
+from omni.talker.generate import TalkerOptions  # noqa: E402
+from omni.tools.media_factory import drawing, tone, write_audio  # noqa: E402
+from omni.tools.reference import reference_inputs  # noqa: E402
+from omni.tools.reference import codec_bad_words  # noqa: E402
 
 
 def _media(directory: Path) -> list[dict]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import gradio as gr
 
-from demo.turn import Conversation, ReplySettings, ReplyUpdate
-from encoders.limits import MediaLimits
+from omni.demo.turn import Conversation, ReplySettings, ReplyUpdate
+from omni.encoders.limits import MediaLimits
 from omni.chat import AUDIO_SYSTEM_PROMPT
 from omni.errors import OmniError
 from omni.loading import LoadedModel

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from demo.vad import VAD_SAMPLE_RATE_HZ, EndOfTurnDetector, TurnEvent, VADOptions
-from encoders.limits import MediaLimits
+from omni.demo.vad import VAD_SAMPLE_RATE_HZ, EndOfTurnDetector, TurnEvent, VADOptions
+from omni.encoders.limits import MediaLimits
 from omni.audio_io import wav_bytes, write_wav
 from omni.chat import AUDIO_SYSTEM_PROMPT
 from omni.errors import InputError, OmniError

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.segment_attention import segment_attention
+from omni.encoders.segment_attention import segment_attention
 from omni.config import AudioEncoderConfig
 from omni.layers import activation
 

@@ -13,8 +13,8 @@ from typing import Any
 import av
 import numpy as np
 
-from encoders.limits import MediaLimits
-from encoders.sources import MediaBytes, is_source, resolve_source
+from omni.encoders.limits import MediaLimits
+from omni.encoders.sources import MediaBytes, is_source, resolve_source
 from omni.errors import MediaError
 
 # Above this start offset the decoder seeks instead of decoding and discarding the prefix.

@@ -10,8 +10,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from encoders.limits import MediaLimits
-from encoders.sources import resolve_source
+from omni.encoders.limits import MediaLimits
+from omni.encoders.sources import resolve_source
 from omni.errors import MediaError
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.config import VisionEncoderConfig
 from omni.errors import MediaError
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encoders.audio_loader import check_waveform, decode_audio_track, has_audio_track, load_audio
-from encoders.image_loader import load_image
-from encoders.image_processing import (
+from omni.encoders.audio_loader import check_waveform, decode_audio_track, has_audio_track, load_audio
+from omni.encoders.image_loader import load_image
+from omni.encoders.image_processing import (
     PatchGeometry,
     frames_to_image,
     image_frames,
@@ -34,8 +34,8 @@ from encoders.image_processing import (
     resize_frames,
     video_size_for,
 )
-from encoders.limits import MediaLimits
-from encoders.video_loader import FRAME_FACTOR, DecodedVideo, load_video
+from omni.encoders.limits import MediaLimits
+from omni.encoders.video_loader import FRAME_FACTOR, DecodedVideo, load_video
 from omni.chat import media_kind
 from omni.errors import InputError, MediaError
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from encoders.limits import MIB, MediaLimits
+from omni.encoders.limits import MIB, MediaLimits
 from omni.errors import MediaError
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import av
 import torch
 
-from encoders.limits import MediaLimits
-from encoders.sources import MediaBytes, resolve_source
+from omni.encoders.limits import MediaLimits
+from omni.encoders.sources import MediaBytes, resolve_source
 from omni.errors import MediaError
 
 FRAME_FACTOR = 2  # frames are sampled in pairs: one temporal patch holds 2 frames

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.segment_attention import segment_attention
+from omni.encoders.segment_attention import segment_attention
 from omni.config import VisionEncoderConfig
 from omni.layers import GatedMLP, RMSNorm, rotate_half
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.chat import TEMPLATE_SYSTEM_PROMPT
 from omni.errors import InputError
 from omni.loading import LoadedModel

@@ -37,7 +37,7 @@ def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
-    from omni.make_checkpoint import make_checkpoint
+    from omni.tools.make_checkpoint import make_checkpoint
 
     path = make_checkpoint(args.directory, preset=args.preset, seed=args.seed)
     print(f"wrote a random-weight {args.preset} Qwen2.5-Omni checkpoint to {path}")
@@ -80,7 +80,7 @@ def _speak_reply(session, message, args: argparse.Namespace, out_path=None) -> N
     speech = None
     if speak and args.max_speech_seconds is not None:
         from omni.speech import SpeechOptions
-        from talker.generate import TalkerOptions
+        from omni.talker.generate import TalkerOptions
 
         codes = max(1, int(args.max_speech_seconds * 50))  # the codec runs at 50 tokens per second
         speech = SpeechOptions(talker=TalkerOptions(max_codes=codes))
@@ -178,7 +178,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from demo.app import serve
+        from omni.demo.app import serve
     except ImportError as exc:
         raise OmniError(f"`omni demo` needs the demo extra ({exc.name} is missing): pip install -e '.[demo]'") from None
 

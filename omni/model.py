@@ -20,8 +20,8 @@ class OmniModel(nn.Module):
         self.audio_output = audio_output
         if audio_output:
             try:
-                from talker.model import Talker
-                from talker.token2wav import Token2Wav
+                from omni.talker.model import Talker
+                from omni.talker.token2wav import Token2Wav
             except ImportError as exc:
                 raise AudioOutputUnavailable(
                     f"this omni build has no talker/token2wav implementation ({exc}); load with audio_output=False"

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoders.audio_encoder import audio_token_count
-from encoders.audio_features import AudioFeatures, extract_features, feature_frames
-from encoders.image_processing import PatchGeometry, VisionBatch, process_images, process_videos
-from encoders.limits import MediaLimits
-from encoders.messages import MediaItem, as_conversations, load_conversation_media
+from omni.encoders.audio_encoder import audio_token_count
+from omni.encoders.audio_features import AudioFeatures, extract_features, feature_frames
+from omni.encoders.image_processing import PatchGeometry, VisionBatch, process_images, process_videos
+from omni.encoders.limits import MediaLimits
+from omni.encoders.messages import MediaItem, as_conversations, load_conversation_media
 from omni.chat import render_chat
 from omni.config import ThinkerConfig
 from omni.errors import InputError, MediaError

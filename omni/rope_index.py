@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from encoders.audio_encoder import audio_token_count
+from omni.encoders.audio_encoder import audio_token_count
 from omni.config import MultimodalTokenIds
 from omni.errors import InputError
 

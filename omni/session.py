@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.chat import AUDIO_SYSTEM_PROMPT, validate_messages
 from omni.errors import InputError
 from omni.events import AudioChunk, Event, ReplyDone

@@ -21,10 +21,10 @@ from omni.errors import AudioOutputUnavailable
 from omni.events import AudioChunk
 from omni.loading import LoadedModel
 from omni.thinker.generate import ThinkerPrompt, ThinkerStep
-from talker.flow import FlowOptions
-from talker.generate import TalkerOptions, TalkerStream
-from talker.streaming import ChunkSchedule, StreamingToken2Wav
-from talker.token2wav import select_voice
+from omni.talker.flow import FlowOptions
+from omni.talker.generate import TalkerOptions, TalkerStream
+from omni.talker.streaming import ChunkSchedule, StreamingToken2Wav
+from omni.talker.token2wav import select_voice
 
 DEFAULT_VOICE = "Chelsie"  # the reference generate()'s default speaker
 

@@ -14,7 +14,7 @@ def warm_up(loaded: LoadedModel) -> float:
     """One tiny reply through every stage (with speech when the model has it); returns the seconds it took."""
     from omni.session import OmniSession
     from omni.speech import SpeechOptions
-    from talker.generate import TalkerOptions
+    from omni.talker.generate import TalkerOptions
 
     start = time.perf_counter()
     session = OmniSession(loaded, sampling=SamplingParams(do_sample=False))

@@ -19,7 +19,7 @@ from torch import nn
 from omni.config import DiTConfig
 from omni.layers import rotate_half
 from omni.rope import inverse_frequencies
-from talker.speaker_encoder import SpeakerEncoder
+from omni.talker.speaker_encoder import SpeakerEncoder
 
 TIME_FREQUENCIES = 256
 TIME_SCALE = 1000.0

@@ -19,7 +19,7 @@ import torch
 from omni.config import TalkerConfig
 from omni.kv_cache import KVCache
 from omni.sampling import Sampler, SamplingParams
-from talker.model import Talker
+from omni.talker.model import Talker
 
 # The reference talker.generate defaults (Qwen2_5OmniForConditionalGeneration.generate).
 DEFAULT_TALKER_SAMPLING = SamplingParams(do_sample=True, temperature=0.9, top_k=40, top_p=0.8, repetition_penalty=1.05)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from omni.errors import InputError
-from talker.flow import FlowOptions
-from talker.token2wav import NoiseSource, Token2Wav, VoiceCondition
+from omni.talker.flow import FlowOptions
+from omni.talker.token2wav import NoiseSource, Token2Wav, VoiceCondition
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 `Token2Wav` is the module tree of the checkpoint's `token2wav.*` weights plus the functions that run
 it: `voice()` prepares a speaker's conditioning once, `mel()` synthesises the mel of a window of codes
 from given initial noise, `vocode()` turns mel into samples, and `synthesize()` is the whole
-non-streaming path (the yardstick the streaming decoder in `talker.streaming` is measured against).
+non-streaming path (the yardstick the streaming decoder in `omni.talker.streaming` is measured against).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import nn
 
 from omni.config import BigVGANConfig, DiTConfig
 from omni.errors import InputError, UnknownVoiceError
-from talker.bigvgan import BigVGAN
-from talker.dit import DiT
-from talker.flow import FlowOptions, guided, integrate, time_grid
+from omni.talker.bigvgan import BigVGAN
+from omni.talker.dit import DiT
+from omni.talker.flow import FlowOptions, guided, integrate, time_grid
 
 
 MEL_FRAMES_PER_SECOND = 100  # the codec's mel rate (codes run at 50 Hz with repeats 2)

@@ -16,7 +16,7 @@ PAD_ID = 151643
 
 
 def build_checkpoint(preset: str) -> Path:
-    from omni.make_checkpoint import cached_checkpoint
+    from omni.tools.make_checkpoint import cached_checkpoint
 
     return cached_checkpoint(preset, CACHE)
 

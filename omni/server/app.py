@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.errors import AudioOutputUnavailable, OmniError, UnknownVoiceError
 from omni.events import AudioChunk, ReplyDone, TextDelta
 from omni.loading import LoadedModel
@@ -143,7 +143,7 @@ def _seeded_speech(seed: int):
     from dataclasses import replace
 
     from omni.speech import SpeechOptions
-    from talker.generate import TalkerOptions
+    from omni.talker.generate import TalkerOptions
 
     talker = TalkerOptions()
     return SpeechOptions(talker=replace(talker, sampling=replace(talker.sampling, seed=seed)), seed=seed)

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, model_path: Path | None = None):
-    from encoders.limits import MIB, MediaLimits
+    from omni.encoders.limits import MIB, MediaLimits
     from omni.server.app import ServerConfig
 
     overrides = {}

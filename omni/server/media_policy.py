@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.server.errors import ApiError
 
 

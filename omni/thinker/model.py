@@ -8,8 +8,8 @@ import threading
 import torch
 from torch import nn
 
-from encoders.audio_encoder import AudioEncoder
-from encoders.vision_encoder import VisionEncoder
+from omni.encoders.audio_encoder import AudioEncoder
+from omni.encoders.vision_encoder import VisionEncoder
 from omni.config import ThinkerConfig
 from omni.decoder import QwenDecoder
 from omni.kv_cache import KVCache

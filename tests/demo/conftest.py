@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.encoders.media_factory import speech
+from omni.tools.media_factory import speech
 
 SPEECH_TEXT = "Hello there. What is the weather like in Paris today?"
 

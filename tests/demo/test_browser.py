@@ -22,7 +22,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tiny_checkpoint):
-    from demo.app import build_app
+    from omni.demo.app import build_app
     from omni.loading import load_model
 
     if shutil.which("ffmpeg") is None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from demo.turn import Conversation, ReplySettings, describe_latency, media_kind
+from omni.demo.turn import Conversation, ReplySettings, describe_latency, media_kind
 from omni.errors import InputError
 
 GREEDY = dict(temperature=0.0, speak=False)

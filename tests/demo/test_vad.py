@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from demo.vad import FRAME_SAMPLES, EndOfTurnDetector, SileroVAD, VADOptions, silero_model_path, to_mono_float
+from omni.demo.vad import FRAME_SAMPLES, EndOfTurnDetector, SileroVAD, VADOptions, silero_model_path, to_mono_float
 from omni.errors import InputError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.encoders.media_factory import build_media
+from omni.tools.media_factory import build_media
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.audio_features import extract_features, feature_frames, log_mel, mel_filters
-from encoders.audio_loader import load_audio
-from encoders.limits import MediaLimits
+from omni.encoders.audio_features import extract_features, feature_frames, log_mel, mel_filters
+from omni.encoders.audio_loader import load_audio
+from omni.encoders.limits import MediaLimits
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.audio_loader import load_audio
-from encoders.limits import MediaLimits
+from omni.encoders.audio_loader import load_audio
+from omni.encoders.limits import MediaLimits
 from omni.errors import MediaError
-from tests.encoders.media_factory import AUDIO_FORMATS, tone, truncated_copy, write_audio
+from omni.tools.media_factory import AUDIO_FORMATS, tone, truncated_copy, write_audio
 
 RATE = 16000
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.image_loader import load_image
-from encoders.limits import MediaLimits
+from omni.encoders.image_loader import load_image
+from omni.encoders.limits import MediaLimits
 from omni.errors import MediaError
-from tests.encoders.media_factory import drawing
+from omni.tools.media_factory import drawing
 
 
 def test_png_jpeg_and_every_source_kind_decode_to_rgb(media):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders.image_processing import (
+from omni.encoders.image_processing import (
     PatchGeometry,
     frames_to_image,
     image_frames,
@@ -19,9 +19,9 @@ from encoders.image_processing import (
     smart_resize,
     video_size_for,
 )
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.errors import MediaError
-from tests.encoders.media_factory import drawing, video_frames
+from omni.tools.media_factory import drawing, video_frames
 
 GEOMETRY = PatchGeometry()
 

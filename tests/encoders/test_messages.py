@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encoders.limits import MediaLimits
-from encoders.messages import load_conversation_media, process_mm_info
+from omni.encoders.limits import MediaLimits
+from omni.encoders.messages import load_conversation_media, process_mm_info
 from omni.errors import InputError, MediaError
 
 

@@ -10,7 +10,7 @@ from omni.config import load_config
 from omni.prompt import prepare_prompt
 from omni.tokenizer import Tokenizer
 from tests.conftest import PAD_ID
-from tests.encoders.reference import reference_inputs
+from omni.tools.reference import reference_inputs
 
 pytestmark = pytest.mark.parity
 

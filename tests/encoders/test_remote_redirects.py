@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from encoders.limits import MediaLimits
-from encoders.sources import resolve_source
+from omni.encoders.limits import MediaLimits
+from omni.encoders.sources import resolve_source
 from omni.errors import MediaError
 
 
@@ -34,7 +34,7 @@ def test_loopback_url_is_refused_when_only_public_hosts_are_allowed(redirecting_
 
 
 def test_redirect_to_a_private_host_is_refused(redirecting_server, monkeypatch):
-    import encoders.sources as sources
+    import omni.encoders.sources as sources
 
     checked = []
     real_check = sources._require_public_host

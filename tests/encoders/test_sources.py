@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from encoders.limits import MediaLimits
-from encoders.sources import resolve_source
+from omni.encoders.limits import MediaLimits
+from omni.encoders.sources import resolve_source
 from omni.errors import MediaError
 
 

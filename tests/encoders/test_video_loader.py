@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoders.limits import MediaLimits
-from encoders.video_loader import load_video, sample_frame_count
+from omni.encoders.limits import MediaLimits
+from omni.encoders.video_loader import load_video, sample_frame_count
 from omni.errors import MediaError
-from tests.encoders.media_factory import VIDEO_FORMATS, truncated_copy, video_frames
+from omni.tools.media_factory import VIDEO_FORMATS, truncated_copy, video_frames
 
 LIMITS = MediaLimits()
 

@@ -6,7 +6,7 @@ import pytest
 
 from omni.batch import generate_batch
 from omni.errors import InputError
-from tests.encoders.media_factory import drawing, tone
+from omni.tools.media_factory import drawing, tone
 
 
 def test_batch_rows_equal_single_runs(tiny_text_model, tmp_path):

@@ -21,7 +21,7 @@ def test_run_streams_a_text_reply(tiny_checkpoint):
 
 
 def test_run_with_an_image(tiny_checkpoint, tmp_path):
-    from tests.encoders.media_factory import drawing
+    from omni.tools.media_factory import drawing
 
     drawing(64, 64).save(tmp_path / "a.png")
     result = _omni("run", str(tiny_checkpoint), "--prompt", "What is this?", "--image", str(tmp_path / "a.png"),

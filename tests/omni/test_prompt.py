@@ -15,8 +15,8 @@ from omni.prompt import build_prompt, encode_media, merge_prompt, prepare_prompt
 from omni.sampling import SamplingParams
 from omni.thinker.generate import stream_thinker
 from tests.conftest import PAD_ID, STOP_IDS
-from tests.encoders.media_factory import build_media
-from tests.encoders.reference import reference_inputs
+from omni.tools.media_factory import build_media
+from omni.tools.reference import reference_inputs
 
 VIDEO_PIXELS = (16 * 784, 32 * 784)
 

@@ -16,7 +16,7 @@ from omni.sampling import SamplingParams
 from omni.session import OmniSession
 from omni.speech import SpeechOptions
 from omni.thinker.generate import text_prompt
-from talker.generate import TalkerOptions
+from omni.talker.generate import TalkerOptions
 from tests.conftest import PAD_ID, run_in_threads
 
 GREEDY = SamplingParams(do_sample=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from omni.errors import InputError
-from talker.streaming import ChunkSchedule, StreamingToken2Wav
+from omni.talker.streaming import ChunkSchedule, StreamingToken2Wav
 
 STREAMING_SNR_DB = 40.0
 

@@ -15,8 +15,8 @@ from omni.events import AudioChunk, ReplyDone
 from omni.prompt import build_prompt
 from omni.sampling import SamplingParams
 from omni.speech import SpeechOptions
-from talker.generate import TalkerOptions
-from tests.talker.reference import reference_speech
+from omni.talker.generate import TalkerOptions
+from omni.tools.reference import reference_speech
 from tests.talker.test_streaming import STREAMING_SNR_DB
 
 pytestmark = pytest.mark.parity
@@ -130,8 +130,8 @@ def test_image_and_audio_prompt_speech_matches_reference(tiny_checkpoint, tmp_pa
     from transformers import Qwen2_5OmniProcessor
 
     from omni.prompt import prepare_prompt
-    from tests.encoders.media_factory import drawing, tone, write_audio
-    from tests.encoders.reference import reference_inputs
+    from omni.tools.media_factory import drawing, tone, write_audio
+    from omni.tools.reference import reference_inputs
 
     ours, reference = _pair("tiny")
     processor = Qwen2_5OmniProcessor.from_pretrained(tiny_checkpoint)

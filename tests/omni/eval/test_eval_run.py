@@ -16,7 +16,7 @@ import pytest
 import omni.eval.runner as runner
 from omni.eval.data import load_asr, load_vqa
 from omni.eval.runner import format_table, run_eval
-from tests.encoders.media_factory import drawing
+from omni.tools.media_factory import drawing
 
 REPO = Path(__file__).resolve().parents[3]
 SENTENCES = [

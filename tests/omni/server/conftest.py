@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import uvicorn
 
-from encoders.limits import MediaLimits
+from omni.encoders.limits import MediaLimits
 from omni.server.app import ServerConfig, create_app
-from tests.encoders.media_factory import drawing, tone, video_frames, write_audio, write_video
+from omni.tools.media_factory import drawing, tone, video_frames, write_audio, write_video
 
 MIB = 1024 * 1024
 

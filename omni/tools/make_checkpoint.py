@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from omni.errors import OmniError
-from omni.presets import PRESETS, Preset
+from omni.tools.presets import PRESETS, Preset
 from omni.tokenizer import byte_to_unicode, qwen_bpe_backend
 
 # Qwen2.5-Omni's added tokens, in id order from 151643 (special: shown by skip_special_tokens=False only).
@@ -296,11 +296,11 @@ def cached_checkpoint(preset: str, cache_dir: str | os.PathLike | None = None) -
 
     import transformers
 
-    repo = Path(__file__).resolve().parent.parent
-    cache = Path(cache_dir or os.environ.get("OMNI_TEST_CACHE") or repo / ".omni-cache")
+    package = Path(__file__).resolve().parent.parent  # omni/
+    cache = Path(cache_dir or os.environ.get("OMNI_TEST_CACHE") or package.parent / ".omni-cache")
     digest = hashlib.sha256(transformers.__version__.encode())
-    for module in ("make_checkpoint.py", "presets.py", "tokenizer.py"):
-        digest.update((Path(__file__).parent / module).read_bytes())
+    for module in ("tools/make_checkpoint.py", "tools/presets.py", "tokenizer.py"):
+        digest.update((package / module).read_bytes())
     target = cache / f"{preset}-{digest.hexdigest()[:12]}"
     if not (target / "complete").exists():
         scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
