@@ -13,6 +13,7 @@ from typing import Any
 import av
 import numpy as np
 
+from omni.encoders.deadline import DecodeDeadline
 from omni.encoders.limits import MediaLimits
 from omni.encoders.sources import MediaBytes, is_source, resolve_source
 from omni.errors import MediaError
@@ -22,15 +23,17 @@ _SEEK_AFTER_S = 10.0
 
 
 def load_audio(
-    value: Any, limits: MediaLimits, start_s: float = 0.0, end_s: float | None = None, name: str | None = None
+    value: Any, limits: MediaLimits, start_s: float = 0.0, end_s: float | None = None, name: str | None = None,
+    deadline: DecodeDeadline | None = None,
 ) -> np.ndarray:
     """A (samples,) float32 waveform at `limits.sample_rate_hz`. `value` is a source (path, bytes, data
     URI, URL) or an already decoded mono waveform at that rate (numpy or torch, as qwen-omni-utils
-    accepts); `start_s` / `end_s` cut a section (seconds)."""
+    accepts); `start_s` / `end_s` cut a section (seconds); `deadline` is the request's decoding
+    budget (a fresh one from `limits` when None)."""
     _check_range(start_s, end_s, name or "audio")
     if is_source(value):
         source = resolve_source(value, limits, "audio")
-        waveform = decode_audio_track(source, limits, start_s, end_s, name or source.name)
+        waveform = decode_audio_track(source, limits, start_s, end_s, name or source.name, deadline=deadline)
         return check_waveform(waveform, limits, name or source.name)
     label = name or "audio array"
     waveform = _as_waveform(value, label)
@@ -48,9 +51,11 @@ def has_audio_track(source: MediaBytes) -> bool:
 
 
 def decode_audio_track(
-    source: MediaBytes, limits: MediaLimits, start_s: float, end_s: float | None, label: str, in_video: bool = False
+    source: MediaBytes, limits: MediaLimits, start_s: float, end_s: float | None, label: str, in_video: bool = False,
+    deadline: DecodeDeadline | None = None,
 ) -> np.ndarray:
     """Decode, resample and mix down the first audio stream of `source`, from `start_s` to `end_s`."""
+    deadline = deadline or DecodeDeadline.start(limits)
     rate = limits.sample_rate_hz
     what = "video" if in_video else "audio file"
     # Decode a little past the limit so that "too long" is detected without decoding the whole file.
@@ -75,6 +80,7 @@ def decode_audio_track(
         collected = 0
         try:
             for frame in container.decode(stream):
+                deadline.check(label)
                 if seeked:
                     # the seek lands on a frame at or before start_s: drop the samples before it
                     first_s = float(frame.pts * frame.time_base) if frame.pts is not None else start_s
@@ -91,6 +97,8 @@ def decode_audio_track(
             else:
                 if resampler is not None:
                     collected += _take(resampler.resample(None), chunks)
+        except MediaError:
+            raise
         except (av.FFmpegError, ValueError, OSError) as exc:
             if not chunks:
                 raise MediaError(f"{what} {label!r} could not be decoded (corrupt or truncated): {exc}") from None

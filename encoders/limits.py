@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omni.errors import MediaError
+
 MIB = 1024 * 1024
 PATCH_FACTOR = 28  # patch 14 x spatial merge 2: one Thinker vision token covers 28 x 28 pixels
 
@@ -50,3 +52,15 @@ class MediaLimits:
     # whole-video budget: 90% of a 128k-token sequence (qwen-omni-utils' default total_pixels)
     max_video_total_pixels: int = int(128000 * PATCH_FACTOR * PATCH_FACTOR * 0.9)
     max_video_seconds: float = 3600.0  # decode budget: longer sources are refused before decoding
+
+    # --- time
+    # Wall-clock seconds to decode all media of one request (every conversation of a prompt). An hour
+    # of 1080p H.264 at 30 fps (within max_video_seconds) takes ~20 min to decode on 2 cores, so the
+    # duration caps alone let one request hold a worker that long; 300 s still decodes ~14 min of it.
+    max_decode_seconds: float = 300.0
+
+
+def check_size(size_bytes: int, limit_bytes: int, name: str) -> None:
+    """Refuse `name` (a file, URL or payload) of `size_bytes` over `limit_bytes`."""
+    if size_bytes > limit_bytes:
+        raise MediaError(f"{name} is {size_bytes / MIB:.1f} MiB, over the {limit_bytes / MIB:.1f} MiB limit")

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from omni.encoders.audio_loader import check_waveform, decode_audio_track, has_audio_track, load_audio
+from omni.encoders.deadline import DecodeDeadline
 from omni.encoders.image_loader import load_image
 from omni.encoders.image_processing import (
     PatchGeometry,
@@ -84,13 +85,19 @@ def load_conversation_media(
     use_audio_in_video: bool = False,
     limits: MediaLimits | None = None,
     geometry: PatchGeometry | None = None,
+    deadline: DecodeDeadline | None = None,
 ) -> list[MediaItem]:
+    """`deadline` bounds the decoding of every item (pass one to share it across the conversations of
+    a request); a fresh one from `limits` when None."""
     limits = limits or MediaLimits()
     geometry = geometry or PatchGeometry()
+    deadline = deadline or DecodeDeadline.start(limits)
     loaded = []
     for index, item in enumerate(media_items(conversation)):
         kind = media_kind(item)
-        loaded.append(_LOADERS[kind](item, limits, geometry, use_audio_in_video, f"{kind} {index + 1}"))
+        label = f"{kind} {index + 1}"
+        deadline.check(label)
+        loaded.append(_LOADERS[kind](item, limits, geometry, use_audio_in_video, label, deadline))
     return loaded
 
 
@@ -109,8 +116,9 @@ def process_mm_info(
     images: list[Image.Image] = []
     videos: list[torch.Tensor] = []
     video_fps: list[float] = []
+    deadline = DecodeDeadline.start(limits or MediaLimits())  # one budget for the whole call
     for conversation in as_conversations(conversations):
-        for item in load_conversation_media(conversation, use_audio_in_video, limits, geometry):
+        for item in load_conversation_media(conversation, use_audio_in_video, limits, geometry, deadline):
             if item.kind == "audio":
                 audios.append(item.waveform)
             elif item.kind == "image":
@@ -145,7 +153,7 @@ def _number(item: Mapping[str, Any], key: str, label: str, kind=float):
         raise InputError(f"{label}: {key} must be a number, got {value!r}") from None
 
 
-def _load_image_item(item, limits, geometry, use_audio_in_video, label) -> MediaItem:
+def _load_image_item(item, limits, geometry, use_audio_in_video, label, deadline) -> MediaItem:
     value = _source(item, "image", "image_url")
     name = value if isinstance(value, str) and not value.startswith("data:") else label
     image = load_image(value, limits, name=name[:200])
@@ -158,50 +166,53 @@ def _load_image_item(item, limits, geometry, use_audio_in_video, label) -> Media
     return MediaItem(kind="image", name=name[:200], frames=resize_frames(image_frames(image), height, width))
 
 
-def _load_audio_item(item, limits, geometry, use_audio_in_video, label) -> MediaItem:
+def _load_audio_item(item, limits, geometry, use_audio_in_video, label, deadline) -> MediaItem:
     value = _source(item, "audio", "audio_url")
     name = value if isinstance(value, str) and not value.startswith("data:") else label
     waveform = load_audio(
         value, limits, start_s=_number(item, "audio_start", label) or 0.0, end_s=_number(item, "audio_end", label),
-        name=name[:200],
+        name=name[:200], deadline=deadline,
     )
     return MediaItem(kind="audio", name=name[:200], waveform=waveform)
 
 
-def _load_video_item(item, limits, geometry, use_audio_in_video, label) -> MediaItem:
+def _load_video_item(item, limits, geometry, use_audio_in_video, label, deadline) -> MediaItem:
     value = _source(item, "video", "video_url")
     start_s, end_s = _number(item, "video_start", label), _number(item, "video_end", label)
-    if isinstance(value, (list, tuple)):
-        frames, sample_fps, name = _frame_list(value, item, limits, geometry, label)
-        video_audio = None
-    else:
-        name = (value if isinstance(value, str) and not value.startswith("data:") else label)[:200]
-        decoded: DecodedVideo = load_video(
-            value, limits, fps=_number(item, "fps", label), nframes=_number(item, "nframes", label, int),
-            min_frames=_number(item, "min_frames", label, int), max_frames=_number(item, "max_frames", label, int),
-            start_s=start_s, end_s=end_s, name=name,
-        )
-        frames, sample_fps = decoded.frames, decoded.sample_fps
-        video_audio = None
-        # A video without an audio track keeps plain video tokens even with use_audio_in_video
-        # (qwen-omni-utils would stop with an assertion).
-        if use_audio_in_video and decoded.source is not None and has_audio_track(decoded.source):
-            track = decode_audio_track(decoded.source, limits, start_s or 0.0, end_s, name, in_video=True)
-            video_audio = check_waveform(track, limits, f"audio track of {name}")
-    height, width = video_size_for(
-        frames.shape[0], frames.shape[-1], frames.shape[-2], limits, geometry, name,
+    sizes = dict(
         min_pixels=_number(item, "min_pixels", label, int), max_pixels=_number(item, "max_pixels", label, int),
         total_pixels=_number(item, "total_pixels", label, int),
         resized_height=_number(item, "resized_height", label, int),
         resized_width=_number(item, "resized_width", label, int),
     )
-    return MediaItem(
-        kind="video", name=name, frames=resize_frames(frames, height, width), sample_fps=sample_fps,
-        video_audio=video_audio,
+    if isinstance(value, (list, tuple)):
+        frames, sample_fps, name = _frame_list(value, item, limits, geometry, label, deadline)
+        height, width = video_size_for(frames.shape[0], frames.shape[-1], frames.shape[-2], limits, geometry, name,
+                                       **sizes)
+        return MediaItem(kind="video", name=name, frames=resize_frames(frames, height, width), sample_fps=sample_fps)
+    name = (value if isinstance(value, str) and not value.startswith("data:") else label)[:200]
+
+    # Called by the decoder before it holds any frame: each sampled frame is resized as it decodes.
+    def frame_size(frames: int, width: int, height: int) -> tuple[int, int]:
+        return video_size_for(frames, width, height, limits, geometry, name, **sizes)
+
+    decoded: DecodedVideo = load_video(
+        value, limits, fps=_number(item, "fps", label), nframes=_number(item, "nframes", label, int),
+        min_frames=_number(item, "min_frames", label, int), max_frames=_number(item, "max_frames", label, int),
+        start_s=start_s, end_s=end_s, name=name, frame_size=frame_size, deadline=deadline,
     )
+    video_audio = None
+    # A video without an audio track keeps plain video tokens even with use_audio_in_video
+    # (qwen-omni-utils would stop with an assertion).
+    if use_audio_in_video and decoded.source is not None and has_audio_track(decoded.source):
+        track = decode_audio_track(decoded.source, limits, start_s or 0.0, end_s, name, in_video=True,
+                                   deadline=deadline)
+        video_audio = check_waveform(track, limits, f"audio track of {name}")
+    return MediaItem(kind="video", name=name, frames=decoded.frames, sample_fps=decoded.sample_fps,
+                     video_audio=video_audio)
 
 
-def _frame_list(values, item, limits, geometry, label):
+def _frame_list(values, item, limits, geometry, label, deadline):
     """A video given as a list of frame images: each is fitted like an image item, the count made even
     by repeating the last frame; its rate is the item's sample_fps (default 2)."""
     if not values:
@@ -210,6 +221,7 @@ def _frame_list(values, item, limits, geometry, label):
         raise MediaError(f"{label}: {len(values)} frames is over the {limits.max_video_frames} frame limit")
     frames = []
     for position, value in enumerate(values):
+        deadline.check(f"{label} frame {position}")
         image = load_image(value, limits, name=f"{label} frame {position}")
         height, width = image_size_for(
             image.width, image.height, limits, geometry, f"{label} frame {position}",

@@ -1,8 +1,10 @@
 """Where a media item's bytes come from: a local path (or file:// URL), raw bytes, a base64 data URI,
-or an http(s) URL when the caller enabled remote fetching.
+or an http(s) URL when the caller enabled remote fetching (encoders/remote.py).
 
 Every source is checked against `MediaLimits` before any decoder sees it (size caps, the media root
-for local paths, the remote switch), so decoders never read more than the limits allow.
+for local paths, the remote switch), so decoders never read more than the limits allow. A local file
+is opened once, here, and checked as opened: decoders read that open file (never the path again), so
+a path swapped for a symlink after the check cannot make them read something else.
 """
 
 from __future__ import annotations
@@ -10,38 +12,93 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import ipaddress
 import os
-import socket
-import time
-import urllib.error
+import stat
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from omni.encoders.limits import MIB, MediaLimits
+from omni.encoders.limits import MediaLimits, check_size
+from omni.encoders.remote import fetch_remote
 from omni.errors import MediaError
+
+# Not blocking: opening a FIFO (or a device) for reading would wait for a writer; the regular-file
+# check after the open refuses it instead. No controlling terminal from opening a tty.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class _OpenedFile:
+    """A local file opened once; every reader of the source shares its descriptor, which is closed
+    when the source and its last reader are gone (or by `close`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def close(self) -> None:
+        self._closer()
+
+    def reader(self) -> BinaryIO:
+        return io.BufferedReader(_PositionalReader(self))
+
+
+class _PositionalReader(io.RawIOBase):
+    """A file object over the shared descriptor with a position of its own (os.pread): two decoders
+    reading one source at once (a container and its packet count, a video and its audio track) do not
+    move each other's offset, as readers of a dup()ed descriptor would."""
+
+    def __init__(self, opened: _OpenedFile) -> None:
+        self._opened = opened  # keeps the descriptor open while this reader lives
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = os.pread(self._opened.fd, len(buffer), self._position)
+        buffer[: len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position}.get(whence)
+        if base is None:
+            base = os.fstat(self._opened.fd).st_size
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 @dataclass(frozen=True)
 class MediaBytes:
-    """A resolved source: exactly one of `path` / `data` is set; `name` is what errors call it."""
+    """A resolved source: its bytes in memory (`data`) or a local file opened once (`path` says what it
+    was called; it is never opened again). `name` is what errors call it."""
 
     name: str
     path: Path | None = None
     data: bytes | None = None
+    opened: _OpenedFile | None = field(default=None, repr=False, compare=False)
 
     def open(self) -> BinaryIO:
+        """A fresh reader from the start, independent of other readers of this source."""
         if self.data is not None:
             return io.BytesIO(self.data)
-        assert self.path is not None
-        return open(self.path, "rb")
+        if self.opened is None:
+            raise MediaError(f"{self.name!r} holds neither bytes nor an opened file; resolve it with resolve_source")
+        return self.opened.reader()
 
     @property
     def size_bytes(self) -> int:
-        return len(self.data) if self.data is not None else self.path.stat().st_size  # type: ignore[union-attr]
+        return len(self.data) if self.data is not None else os.fstat(self.opened.fd).st_size  # type: ignore[union-attr]
 
     @property
     def suffix(self) -> str:
@@ -57,7 +114,7 @@ def resolve_source(value: Any, limits: MediaLimits, kind: str) -> MediaBytes:
     """kind ('image', 'audio', 'video') only shapes the error messages."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
-        _check_size(len(data), limits.max_file_bytes, f"the {kind} bytes")
+        check_size(len(data), limits.max_file_bytes, f"the {kind} bytes")
         return MediaBytes(name=f"{kind} bytes ({len(data)} bytes)", data=data)
     if isinstance(value, os.PathLike):
         return _local_path(Path(value), limits, kind)
@@ -81,26 +138,72 @@ def resolve_source(value: Any, limits: MediaLimits, kind: str) -> MediaBytes:
     return _local_path(Path(text), limits, kind)
 
 
-def _check_size(size: int, limit: int, name: str) -> None:
-    if size > limit:
-        raise MediaError(f"{name} is {size / MIB:.1f} MiB, over the {limit / MIB:.1f} MiB limit")
+def within_media_root(path: str | os.PathLike, root: str | os.PathLike) -> Path | None:
+    """`path` with symlinks resolved (a relative path is taken under `root`) if that lies under `root`,
+    else None. The one media-root check (the server's media policy uses it too). It reads names only:
+    what they point to can change before anything is opened, so `_local_path` checks the open file too."""
+    root = Path(root).resolve()
+    path = Path(path).expanduser()
+    resolved = path.resolve() if path.is_absolute() else (root / path).resolve()
+    return resolved if resolved.is_relative_to(root) else None
 
 
 def _local_path(path: Path, limits: MediaLimits, kind: str) -> MediaBytes:
     path = path.expanduser()
+    root = None
     if limits.media_root is not None:
         root = Path(limits.media_root).resolve()
-        resolved = path.resolve() if path.is_absolute() else (root / path).resolve()
-        if not resolved.is_relative_to(root):
+        # Checked before opening too: a path outside the root is refused without touching (or
+        # revealing whether there is) a file there.
+        inside = within_media_root(path, root)
+        if inside is None:
             raise MediaError(f"{kind} file {str(path)!r} is outside the media root {str(root)!r}; only files under "
                              "it may be read")
-        path = resolved
-    if not path.exists():
-        raise MediaError(f"{kind} file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise MediaError(f"{kind} file {str(path)!r} is not a regular file")
-    _check_size(path.stat().st_size, limits.max_file_bytes, f"{kind} file {str(path)!r}")
-    return MediaBytes(name=str(path), path=path)
+        path = inside
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise MediaError(f"{kind} file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise MediaError(f"{kind} file {str(path)!r} cannot be opened: {exc.strerror or exc}") from None
+    opened = _OpenedFile(fd)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise MediaError(f"{kind} file {str(path)!r} is not a regular file")
+        if root is not None and not _opened_under(fd, path, root):
+            raise MediaError(f"{kind} file {str(path)!r} is outside the media root {str(root)!r} (a link in its "
+                             "path was changed while it was opened); only files under it may be read")
+        check_size(status.st_size, limits.max_file_bytes, f"{kind} file {str(path)!r}")
+    except BaseException:
+        opened.close()
+        raise
+    return MediaBytes(name=str(path), path=path, opened=opened)
+
+
+def _opened_under(fd: int, path: Path, root: Path) -> bool:
+    """Whether the file open as `fd` (opened through `path`) lies under `root`. Linux names an open
+    file in /proc; elsewhere, `path` resolved now must be under the root and still be that same file
+    (device and inode), so a link swapped before or after the open is caught either way."""
+    try:
+        opened_path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        opened_path = None
+    if opened_path is not None and opened_path.startswith("/"):
+        return Path(opened_path).is_relative_to(root)
+    return _same_file_under(fd, path, root)
+
+
+def _same_file_under(fd: int, path: Path, root: Path) -> bool:
+    current = Path(os.path.realpath(path))
+    if not current.is_relative_to(root):
+        return False
+    try:
+        named = os.stat(current)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _data_uri(text: str, limits: MediaLimits, kind: str) -> MediaBytes:
@@ -108,7 +211,7 @@ def _data_uri(text: str, limits: MediaLimits, kind: str) -> MediaBytes:
     if not separator:
         raise MediaError(f"{kind} data URI has no ',' separating its header from its data")
     # base64 needs 4 characters per 3 bytes: refuse before decoding what would exceed the cap
-    _check_size(len(payload) * 3 // 4, limits.max_file_bytes, f"the {kind} data URI")
+    check_size(len(payload) * 3 // 4, limits.max_file_bytes, f"the {kind} data URI")
     media_type = header[5:].split(";", 1)[0] or "unknown type"
     if header.lower().endswith(";base64"):
         try:
@@ -123,72 +226,4 @@ def _data_uri(text: str, limits: MediaLimits, kind: str) -> MediaBytes:
 
 
 def _remote(url: str, limits: MediaLimits, kind: str) -> MediaBytes:
-    if not limits.allow_remote:
-        raise MediaError(f"{kind} URL {url[:120]!r}: remote fetching is disabled (enable it with "
-                         "MediaLimits(allow_remote=True), or pass a local file, bytes or a data URI)")
-    request = urllib.request.Request(url, headers={"User-Agent": "omni-media-fetch/1"})
-    opener = urllib.request.build_opener()
-    if limits.public_remote_only:
-        _require_public_host(url, kind)
-        opener = urllib.request.build_opener(_PublicRedirects(kind))
-    try:
-        with opener.open(request, timeout=limits.remote_timeout_s) as response:
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit():
-                _check_size(int(declared), limits.max_remote_bytes, f"{kind} URL {url[:120]!r}")
-            data = _read_until(response, limits.max_remote_bytes + 1, deadline=time.monotonic() + limits.remote_timeout_s)
-    except MediaError:
-        raise
-    except TimeoutError:
-        raise MediaError(f"{kind} URL {url[:120]!r} was not fetched within {limits.remote_timeout_s:g} s") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:  # timeouts are OSErrors
-        raise MediaError(f"{kind} URL {url[:120]!r} could not be fetched within {limits.remote_timeout_s:g} s: "
-                         f"{exc}") from None
-    _check_size(len(data), limits.max_remote_bytes, f"{kind} URL {url[:120]!r}")
-    if not data:
-        raise MediaError(f"{kind} URL {url[:120]!r} returned no data")
-    return MediaBytes(name=url[:200], data=data)
-
-
-def _require_public_host(url: str, kind: str) -> None:
-    """Refuse a URL whose host resolves to any non-public address (loopback, private, link-local...).
-    The connection resolves the name again, so a DNS answer that changes in between is not covered."""
-    host = urllib.parse.urlparse(url).hostname
-    if not host:
-        raise MediaError(f"{kind} URL {url[:120]!r} has no host")
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-    except OSError as exc:
-        raise MediaError(f"{kind} URL host {host!r} cannot be resolved: {exc}") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if not ip.is_global:
-            raise MediaError(f"{kind} URL {url[:120]!r}: host {host!r} resolves to the non-public address {ip}; "
-                             "only public addresses may be fetched")
-
-
-class _PublicRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to a public host, checked like the first URL."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _require_public_host(newurl, self.kind)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _read_until(response, max_bytes: int, deadline: float) -> bytes:
-    """Read at most `max_bytes`; the socket timeout bounds each read, the deadline the whole body (a
-    server that drips bytes must not hold a request forever)."""
-    chunks, total = [], 0
-    while total < max_bytes:
-        # read1 returns what has arrived instead of waiting for the whole chunk
-        chunk = response.read1(min(64 * 1024, max_bytes - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-        if time.monotonic() > deadline:
-            raise TimeoutError
-    return b"".join(chunks)
+    return MediaBytes(name=url[:200], data=fetch_remote(url, limits, kind))

@@ -4,27 +4,36 @@
 The frame arithmetic is qwen-omni-utils' (`smart_nframes`, `calculate_video_frame_range`, then
 `linspace(first, last, n).round()`), so a message gives the same frames as in Qwen's pipeline. Only
 the sampled frames are converted to RGB; the others are decoded (codecs are sequential) and dropped.
+Each sampled frame is resized as it is decoded (`frame_size` picks the size from the frame count and
+the source size, both known before the first frame is held), so a long 4K clip never holds more
+than its resized frames and one source frame.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import av
 import torch
 
+from omni.encoders.deadline import DecodeDeadline
+from omni.encoders.image_processing import resize_frames
 from omni.encoders.limits import MediaLimits
 from omni.encoders.sources import MediaBytes, resolve_source
 from omni.errors import MediaError
 
 FRAME_FACTOR = 2  # frames are sampled in pairs: one temporal patch holds 2 frames
 
+# (sampled frames, source width, source height) -> target (height, width) of every sampled frame
+FrameSize = Callable[[int, int, int], tuple[int, int]]
+
 
 @dataclass
 class DecodedVideo:
-    frames: torch.Tensor  # (frames, 3, height, width) uint8, the sampled frames at source size
+    frames: torch.Tensor  # (frames, 3, height, width) uint8: sampled frames, at `frame_size`'s size or source size
     source_fps: float  # the container's average frame rate
     frames_in_range: int  # source frames between video_start and video_end
     frame_indices: list[int]
@@ -94,7 +103,12 @@ def load_video(
     start_s: float | None = None,
     end_s: float | None = None,
     name: str | None = None,
+    frame_size: FrameSize | None = None,
+    deadline: DecodeDeadline | None = None,
 ) -> DecodedVideo:
+    """`frame_size` resizes each sampled frame as it is decoded (None keeps the source size);
+    `deadline` is the request's decoding budget (a fresh one from `limits` when None)."""
+    deadline = deadline or DecodeDeadline.start(limits)
     source = resolve_source(value, limits, "video")
     label = name or source.name
     if fps is None and nframes is None:
@@ -119,7 +133,7 @@ def load_video(
             raise MediaError(
                 f"video {label!r} is {duration_s:.0f} s long, over the {limits.max_video_seconds:g} s limit"
             )
-        total = stream.frames or _count_packets(source, label)
+        total = stream.frames or _count_packets(source, label, deadline)
         if total <= 0:
             raise MediaError(f"video {label!r} has no frames")
         if duration_s is None and total / source_fps > limits.max_video_seconds:
@@ -130,7 +144,7 @@ def load_video(
         in_range = last - first + 1
         count = sample_frame_count(in_range, source_fps, fps, nframes, min_frames, max_frames, label)
         indices = torch.linspace(first, last, count).round().long().tolist()
-        frames = _decode_frames(container, stream, indices, label)
+        frames = _decode_frames(container, stream, indices, label, frame_size, deadline)
     return DecodedVideo(
         frames=frames, source_fps=source_fps, frames_in_range=in_range, frame_indices=indices, name=label,
         source=source,
@@ -152,48 +166,71 @@ def _duration_s(container, stream) -> float | None:
     return None
 
 
-def _count_packets(source: MediaBytes, label: str) -> int:
+def _count_packets(source: MediaBytes, label: str, deadline: DecodeDeadline) -> int:
     """Frames of a container that does not index them (webm, mkv): count packets (no decoding), in a
-    container of their own (seeking back is not possible in every file)."""
+    container of their own (seeking back is not possible in every file) over the same opened file."""
     try:
         with av.open(source.open()) as container:
             stream = container.streams.video[0]
-            return sum(1 for packet in container.demux(stream) if packet.size > 0)
+            packets = 0
+            for packet in container.demux(stream):
+                deadline.check(label)
+                packets += packet.size > 0
+            return packets
+    except MediaError:
+        raise
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise MediaError(f"video {label!r} is corrupt or truncated: {exc}") from None
 
 
-def _decode_frames(container, stream, indices: list[int], label: str) -> torch.Tensor:
+def _decode_frames(
+    container, stream, indices: list[int], label: str, frame_size: FrameSize | None, deadline: DecodeDeadline
+) -> torch.Tensor:
     stream.thread_type = "AUTO"
     wanted: dict[int, list[int]] = {}
     for slot, index in enumerate(indices):
         wanted.setdefault(index, []).append(slot)
-    picked: list[torch.Tensor | None] = [None] * len(indices)
+    # Written in place as frames decode, so the video is never held twice (a list, then its stack).
+    frames: torch.Tensor | None = None
+    filled = [False] * len(indices)
     last_index = indices[-1]
     decoded = -1
     latest = None
+    source_shape = None  # (3, height, width) of the first sampled frame; the others must match it
     try:
         for decoded, frame in enumerate(container.decode(stream)):
+            deadline.check(label)
             if decoded in wanted:
-                latest = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                # contiguous, as a frame of the stacked batch the processor resizes is: the resize
+                # kernel's result depends on the memory layout, and must equal the processor's
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).unsqueeze(0).contiguous()
+                if frames is None:
+                    source_shape = tuple(pixels.shape[1:])
+                    height, width = source_shape[1:]
+                    target = frame_size(len(indices), width, height) if frame_size is not None else (height, width)
+                    frames = torch.empty((len(indices), 3, *target), dtype=torch.uint8)
+                elif tuple(pixels.shape[1:]) != source_shape:
+                    raise MediaError(f"video {label!r} changes resolution mid-stream "
+                                     f"({sorted({source_shape, tuple(pixels.shape[1:])})}); omni needs one frame size")
+                latest = resize_frames(pixels, *target)[0]
                 for slot in wanted[decoded]:
-                    picked[slot] = latest
+                    frames[slot] = latest
+                    filled[slot] = True
             if decoded >= last_index:
                 break
+    except MediaError:
+        raise
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise MediaError(
             f"video {label!r} is corrupt or truncated: decoding failed after {decoded + 1} frames: {exc}"
         ) from None
     if decoded < 0:
         raise MediaError(f"video {label!r} has no decodable frames")
-    if latest is None:
+    if frames is None:
         raise MediaError(f"video {label!r}: none of the sampled frames decodes ({decoded + 1} frames decoded)")
     # The index may promise a frame or two more than the stream yields (edit lists, a short tail):
-    # those slots repeat the last frame that decoded.
-    for slot in range(len(picked)):
-        if picked[slot] is None:
-            picked[slot] = picked[slot - 1] if slot > 0 and picked[slot - 1] is not None else latest
-    sizes = {tuple(frame.shape) for frame in picked}  # type: ignore[union-attr]
-    if len(sizes) > 1:
-        raise MediaError(f"video {label!r} changes resolution mid-stream ({sorted(sizes)}); omni needs one frame size")
-    return torch.stack(picked)  # type: ignore[arg-type]
+    # those slots repeat the frame before them (the last one that decoded, for the first slot).
+    for slot in range(len(filled)):
+        if not filled[slot]:
+            frames[slot] = frames[slot - 1] if slot > 0 else latest
+    return frames

@@ -3,19 +3,22 @@
 under the media root.
 
 The checks run before the encoders see the URL so that a refused source is answered with its own
-status (403) and message; `MediaLimits` repeats the media-root and remote checks as a backstop and
-does the fetching (size cap, timeout) itself.
+status (403) and message. They are the encoders' own checks (`within_media_root`, `public_addresses`),
+which the loaders repeat where it counts: on the file they opened and the addresses they connect to
+(a name checked here can point elsewhere a moment later). The loaders also do the fetching (size cap,
+timeout).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from omni.encoders.limits import MediaLimits
+from omni.encoders.remote import NonPublicHost, public_addresses
+from omni.encoders.sources import within_media_root
+from omni.errors import MediaError
 from omni.server.errors import ApiError
 
 
@@ -53,10 +56,8 @@ class MediaPolicy:
             raise ApiError(403, f"{param}: local {kind} paths are disabled on this server (start it with "
                                 "--media-root DIR to serve files under DIR); send a data: URI instead",
                            code="local_media_disabled", param=param)
-        root = Path(root).resolve()
-        path = Path(path_text).expanduser()
-        resolved = path.resolve() if path.is_absolute() else (root / path).resolve()
-        if not resolved.is_relative_to(root):
+        resolved = within_media_root(path_text, root)
+        if resolved is None:
             raise ApiError(403, f"{param}: {kind} path {path_text[:200]!r} is outside the media root",
                            code="media_outside_root", param=param)
         return resolved
@@ -68,17 +69,11 @@ class MediaPolicy:
                            code="remote_media_disabled", param=param)
         if self.allow_private_remote:
             return
-        host = urllib.parse.urlparse(url).hostname
-        if not host:
-            raise ApiError(400, f"{param}: {kind} URL {url[:200]!r} has no host", code="invalid_media_url", param=param)
+        # The loaders vet the host again and connect to the addresses they vetted; this check only
+        # answers a refused host with its own status before any decoding starts.
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-        except OSError as exc:
-            raise ApiError(400, f"{param}: {kind} URL host {host!r} cannot be resolved: {exc}",
-                           code="invalid_media_url", param=param) from None
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-            if not ip.is_global:
-                raise ApiError(403, f"{param}: {kind} URL host {host!r} resolves to the non-public address {ip}; "
-                                    "this server only fetches from public addresses",
-                               code="remote_media_blocked", param=param)
+            public_addresses(url, kind)
+        except NonPublicHost as exc:
+            raise ApiError(403, f"{param}: {exc}", code="remote_media_blocked", param=param) from None
+        except MediaError as exc:  # no host, or a host that does not resolve
+            raise ApiError(400, f"{param}: {exc}", code="invalid_media_url", param=param) from None
