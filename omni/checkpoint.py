@@ -128,6 +128,41 @@ def load_speakers(directory: Path) -> dict[str, dict[str, torch.Tensor | int]] |
     return speakers
 
 
+def read_chat_template(directory: Path) -> tuple[str, Path] | None:
+    """The checkpoint's chat template text and the file it came from, or None when it ships none.
+
+    Looked up where the transformers processor looks (processor_config.json's "chat_template", then
+    the legacy chat_template.json that the Qwen2.5-Omni hub repos ship, then chat_template.jinja) and
+    then where the tokenizer does (tokenizer_config.json's "chat_template"). Of named templates the
+    one called "default" is the chat template."""
+    for name, key in (("processor_config.json", "chat_template"), ("chat_template.json", "chat_template"),
+                      ("chat_template.jinja", None), ("tokenizer_config.json", "chat_template")):
+        path = directory / name
+        if not path.is_file():
+            continue
+        if key is None:
+            return path.read_text(encoding="utf-8"), path
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} is not valid JSON ({exc}); re-download the checkpoint") from exc
+        template = raw.get(key) if isinstance(raw, dict) else None
+        if template is None and name == "chat_template.json":
+            raise CheckpointError(f"{path} has no {key!r} entry; it should hold {{\"{key}\": \"<Jinja text>\"}}")
+        if template is None:
+            continue
+        if isinstance(template, list):  # tokenizer_config.json's [{"name": ..., "template": ...}, ...]
+            template = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
+        if isinstance(template, dict):
+            template = template.get("default")
+        if not isinstance(template, str):
+            raise CheckpointError(
+                f"{path}'s {key!r} is neither a template text nor a set of named templates with a 'default' one"
+            )
+        return template, path
+    return None
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """What a checkpoint's generation_config.json says about stopping and sampling."""

@@ -8,8 +8,12 @@ Three stages, so that a pipeline can time and schedule them separately:
 2. `encode_media` (the expensive part): the vision and audio towers.
 3. `merge_prompt`: token embeddings with the towers' outputs written at the placeholder positions.
 
-`build_prompt` runs all three. `prepare_prompt(..., continuation=True, start_position=p)` renders only
-the new messages (no system block) with positions starting at `p`, for a turn appended to a KV cache.
+`build_prompt` runs all three. `prepare_prompt(..., continuation=True, history=earlier, start_position=p)`
+gives only the text that follows the `earlier` messages in the whole conversation's rendering (no
+second system block) with positions starting at `p`, for a turn appended to a KV cache.
+
+The text is the checkpoint's chat template's (`tokenizer.chat_template`), or omni's built-in
+Qwen2.5-Omni format for a checkpoint without one.
 
 Placeholders expand as the transformers processor expands them: <|IMAGE|> / <|VIDEO|> to one token
 per merged 2 x 2 patch block, <|AUDIO|> to one token per 40 ms; with use_audio_in_video a video that
@@ -19,7 +23,7 @@ has an audio track becomes <|audio_bos|> video chunk 0, audio chunk 0, video chu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ import torch
 
 from omni.encoders.audio_encoder import audio_token_count
 from omni.encoders.audio_features import AudioFeatures, extract_features, feature_frames
+from omni.encoders.deadline import DecodeDeadline
 from omni.encoders.image_processing import PatchGeometry, VisionBatch, process_images, process_videos
 from omni.encoders.limits import MediaLimits
 from omni.encoders.messages import MediaItem, as_conversations, load_conversation_media
@@ -87,6 +92,7 @@ def prepare_prompt(
     limits: MediaLimits | None = None,
     add_generation_prompt: bool = True,
     continuation: bool = False,
+    history: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]]] | None = None,
     prefix: str = "",
     prefix_ids: Sequence[int] = (),
     start_position: int | Sequence[int] | torch.Tensor = 0,
@@ -94,16 +100,20 @@ def prepare_prompt(
 ) -> PreparedPrompt:
     """One conversation or a batch of them -> ids, positions and preprocessed media.
 
-    continuation: render only these messages (the turn appended to an existing conversation whose
-    KV cache the caller keeps), after `prefix_ids` (e.g. the last sampled token, which the cache has
-    not consumed) and `prefix` text (e.g. the "<|im_end|>\\n" that closes the previous reply); positions
-    start at `start_position` (per row). `media_items` (per conversation, from `load_media`) skips the
-    loading when the caller has done it (to time or overlap it)."""
+    continuation: these messages are a turn appended to a conversation whose KV cache the caller keeps;
+    `history` holds that conversation's messages (replies included; one list, or one per conversation
+    of a batch), and only the text that follows them in the whole conversation's rendering is produced,
+    after `prefix_ids` (e.g. the last sampled token, which the cache has not consumed) and `prefix` text
+    (e.g. the "<|im_end|>\\n" that closes the previous reply); positions start at `start_position` (per
+    row). `media_items` (per conversation, from `load_media`) skips the loading when the caller has done
+    it (to time or overlap it)."""
     geometry = PatchGeometry.from_config(config.vision)
     batch = as_conversations(conversations)
     # rendering validates the messages: a malformed one fails before any media is read
-    rows = [list(prefix_ids) + tokenizer.encode(prefix + _render(conversation, add_generation_prompt, system_prompt,
-                                                                 continuation)) for conversation in batch]
+    histories = _histories(history, len(batch)) if continuation else [None] * len(batch)
+    rows = [list(prefix_ids) + tokenizer.encode(prefix + render_chat(
+        conversation, add_generation_prompt=add_generation_prompt, system_prompt=system_prompt, history=earlier,
+        template=tokenizer.chat_template)) for conversation, earlier in zip(batch, histories)]
     items = media_items if media_items is not None else load_media(batch, config, use_audio_in_video, limits)
     if len(items) != len(batch):
         raise InputError(f"media_items holds {len(items)} conversations' media for {len(batch)} conversations")
@@ -132,9 +142,12 @@ def prepare_prompt(
 
 def load_media(conversations: Any, config: ThinkerConfig, use_audio_in_video: bool = False,
                limits: MediaLimits | None = None) -> list[list[MediaItem]]:
-    """Decode and fit every media item of each conversation (I/O and resizing; no model)."""
+    """Decode and fit every media item of each conversation (I/O and resizing; no model), within one
+    decoding deadline (MediaLimits.max_decode_seconds) for them all."""
     geometry = PatchGeometry.from_config(config.vision)
-    return [load_conversation_media(conversation, use_audio_in_video, limits or MediaLimits(), geometry)
+    limits = limits or MediaLimits()
+    deadline = DecodeDeadline.start(limits)
+    return [load_conversation_media(conversation, use_audio_in_video, limits, geometry, deadline)
             for conversation in as_conversations(conversations)]
 
 
@@ -204,9 +217,21 @@ def merge_prompt(thinker: Thinker, prepared: PreparedPrompt, embeddings: MediaEm
     )
 
 
-def _render(conversation, add_generation_prompt: bool, system_prompt: str | None, continuation: bool) -> str:
-    return render_chat(conversation, add_generation_prompt=add_generation_prompt, system_prompt=system_prompt,
-                       continuation=continuation)
+def _histories(history, rows: int) -> list[list[Mapping[str, Any]]]:
+    """`history` as one list of earlier messages per conversation."""
+    if history is None:
+        raise InputError("continuation=True needs history: the messages already in the KV cache (earlier turns and "
+                         "replies), so that the new turn is rendered as the whole conversation would be")
+    if isinstance(history, Sequence) and not isinstance(history, str) and all(
+            isinstance(message, Mapping) for message in history):
+        histories = [list(history)]
+    elif isinstance(history, Sequence) and not isinstance(history, str):
+        histories = [list(earlier) for earlier in history]
+    else:
+        raise InputError("history must be a list of messages, or one such list per conversation")
+    if len(histories) != rows:
+        raise InputError(f"history holds {len(histories)} conversations' messages for {rows} conversations")
+    return histories
 
 
 def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerConfig, geometry: PatchGeometry):

@@ -3,16 +3,22 @@
 The tokenizer is the checkpoint's own `tokenizer.json` run by the `tokenizers` library; a checkpoint
 that only has `vocab.json` + `merges.txt` gets the same pipeline built from those (Qwen2's split
 regex, byte-level mapping, NFC). Special tokens (`<|im_start|>`, `<|AUDIO|>`, ...) written in a
-prompt are recognised as single tokens.
+prompt are recognised as single tokens. The checkpoint's chat template travels with the tokenizer,
+as in transformers (`Tokenizer.chat_template`; None when the checkpoint ships none).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import logging
 from pathlib import Path
 
+from omni.chat import ChatTemplate
+from omni.checkpoint import read_chat_template
 from omni.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 # Qwen2's pre-tokenisation split (the same pattern the original Qwen tiktoken tokenizer uses).
 SPLIT_PATTERN = (
@@ -38,8 +44,9 @@ def byte_to_unicode() -> dict[int, str]:
 
 
 class Tokenizer:
-    def __init__(self, backend, special_tokens: dict[str, int]) -> None:
+    def __init__(self, backend, special_tokens: dict[str, int], chat_template: ChatTemplate | None = None) -> None:
         self._backend = backend
+        self.chat_template = chat_template
         self.special_tokens = dict(special_tokens)
         self.special_ids = frozenset(special_tokens.values())
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
@@ -64,7 +71,7 @@ class Tokenizer:
         for required in (IM_START, IM_END, END_OF_TEXT):
             if required not in special:
                 raise CheckpointError(f"the tokenizer in {directory} lacks the special token {required}")
-        return cls(backend, special)
+        return cls(backend, special, _chat_template(directory, config))
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
@@ -114,6 +121,41 @@ class IncrementalDetokenizer:
 
     def reset(self) -> None:
         self._decoder.reset()
+
+
+def _chat_template(directory: Path, config: dict) -> ChatTemplate | None:
+    found = read_chat_template(directory)
+    if found is None:
+        log.warning("%s ships no chat template; prompts use omni's built-in Qwen2.5-Omni format", directory)
+        return None
+    source, path = found
+    template = ChatTemplate(source, origin=f"the chat template in {path}",
+                            variables=template_token_variables(config, directory))
+    template.compiled()  # a broken template fails at load, not at the first request
+    return template
+
+
+def template_token_variables(config: dict, directory: Path) -> dict[str, str]:
+    """The named special tokens a chat template may use ({{ eos_token }}, {{ image_token }}, ...):
+    what transformers' `tokenizer.special_tokens_map` holds and passes to every template. They are
+    tokenizer_config.json's `*_token` entries (text or {"content": text}) and the names in its
+    `model_specific_special_tokens` / `extra_special_tokens`; special_tokens_map.json counts only for a
+    config without `added_tokens_decoder`."""
+    sources = [config]
+    legacy = _read_json(directory / "special_tokens_map.json")
+    if legacy and "added_tokens_decoder" not in config:
+        sources.append(legacy)  # transformers lets it override the config's entries
+    variables: dict[str, str] = {}
+    for source in sources:
+        entries = dict(source)
+        for group in ("model_specific_special_tokens", "extra_special_tokens"):
+            if isinstance(source.get(group), dict):
+                entries.update(source[group])
+        for name, value in entries.items():
+            text = value.get("content") if isinstance(value, dict) else value
+            if name.endswith("_token") and isinstance(text, str):
+                variables[name] = text
+    return variables
 
 
 def _read_json(path: Path) -> dict | None:

@@ -199,3 +199,131 @@ def test_peak_memory_stays_near_one_copy(small_checkpoint, dtype):
     # (~80 MB). Reading everything first and copying after would add another full copy on top.
     fixed = 256 * 2**20
     assert peak <= 1.1 * params + fixed, f"peak anonymous memory {peak / 2**20:.0f} MiB for {params / 2**20:.0f} MiB of weights"
+
+
+# ------------------------------------------------------------------------------------------------
+# The chat template: read where transformers reads it, compiled at load, carried by the tokenizer.
+
+PUBLISHED = json.loads((REPO / "tests" / "data" / "qwen2_5_omni_chat_template.json").read_text(encoding="utf-8"))[
+    "chat_template"]
+TEMPLATE_FILES = ("chat_template.json", "chat_template.jinja", "tokenizer_config.json", "processor_config.json")
+
+
+def _with_templates(tiny_checkpoint: Path, target: Path, jinja=None, legacy_json=None, tokenizer_config=None,
+                    processor_config=None, tokenizer_edit=None) -> Path:
+    """The tiny checkpoint's files with the chat template placed as asked (None: not there)."""
+    target.mkdir()
+    for path in tiny_checkpoint.iterdir():
+        if path.name not in TEMPLATE_FILES:
+            (target / path.name).symlink_to(path)
+    tokenizer = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
+    processor = json.loads((tiny_checkpoint / "processor_config.json").read_text(encoding="utf-8"))
+    if tokenizer_config is not None:
+        tokenizer["chat_template"] = tokenizer_config
+    if processor_config is not None:
+        processor["chat_template"] = processor_config
+    if tokenizer_edit is not None:
+        tokenizer_edit(tokenizer)
+    (target / "tokenizer_config.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    (target / "processor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    if jinja is not None:
+        (target / "chat_template.jinja").write_text(jinja, encoding="utf-8")
+    if legacy_json is not None:
+        text = legacy_json if isinstance(legacy_json, str) else json.dumps(legacy_json)
+        (target / "chat_template.json").write_text(text, encoding="utf-8")
+    return target
+
+
+def _transformers_template(directory: Path) -> str | None:
+    """The template transformers' processor renders, or (without one) its tokenizer's."""
+    from transformers import Qwen2_5OmniProcessor
+
+    processor = Qwen2_5OmniProcessor.from_pretrained(directory)
+    template = processor.chat_template
+    if template is None and processor.tokenizer.chat_template is not None:
+        template = processor.tokenizer.get_chat_template()
+    return template["default"] if isinstance(template, dict) else template
+
+
+def test_the_test_checkpoint_carries_the_published_template(tiny_checkpoint, tiny_text_model):
+    # as the hub repos ship it: the processor's legacy chat_template.json, holding the published text
+    assert json.loads((tiny_checkpoint / "chat_template.json").read_text(encoding="utf-8")) == {
+        "chat_template": PUBLISHED}
+    assert not (tiny_checkpoint / "chat_template.jinja").exists()
+    template = tiny_text_model.tokenizer.chat_template
+    assert template.source == PUBLISHED and "chat_template.json" in template.origin
+    assert _transformers_template(tiny_checkpoint) == PUBLISHED
+
+
+LAYOUTS = {
+    "tokenizer_config_only": dict(tokenizer_config="T {{ messages | length }}"),
+    "jinja_file_before_tokenizer_config": dict(jinja="J {{ messages | length }}", tokenizer_config="T"),
+    "legacy_json_before_jinja_file": dict(legacy_json={"chat_template": "L {{ messages | length }}"}, jinja="J"),
+    "processor_config_first": dict(processor_config="P {{ messages | length }}", legacy_json={"chat_template": "L"},
+                                   jinja="J", tokenizer_config="T"),
+    "named_templates_use_default": dict(tokenizer_config=[
+        {"name": "tool_use", "template": "U"}, {"name": "default", "template": "D {{ messages | length }}"}]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_template_is_read_where_transformers_reads_it(tiny_checkpoint, tmp_path, layout):
+    from omni.tokenizer import Tokenizer
+
+    directory = _with_templates(tiny_checkpoint, tmp_path / "ckpt", **LAYOUTS[layout])
+    expected = _transformers_template(directory)
+    assert expected is not None and expected.endswith("{{ messages | length }}")
+    assert Tokenizer.from_checkpoint(directory).chat_template.source == expected
+
+
+def test_a_checkpoint_without_a_template_gets_the_builtin_format(tiny_checkpoint, tmp_path, caplog):
+    from omni.chat import AUDIO_SYSTEM_PROMPT
+    from omni.config import load_config
+    from omni.prompt import prepare_prompt
+    from omni.tokenizer import Tokenizer
+
+    directory = _with_templates(tiny_checkpoint, tmp_path / "ckpt")
+    assert _transformers_template(directory) is None
+    with caplog.at_level("WARNING"):
+        bare = Tokenizer.from_checkpoint(directory)
+    assert bare.chat_template is None and "ships no chat template" in caplog.text
+    config = load_config(tiny_checkpoint).thinker
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": [{"type": "text", "text": "Bye"}]}]
+    ids = [prepare_prompt(tokenizer, config, conversation, pad_token_id=151643, system_prompt=AUDIO_SYSTEM_PROMPT
+                          ).input_ids for tokenizer in (bare, Tokenizer.from_checkpoint(tiny_checkpoint))]
+    assert torch.equal(ids[0], ids[1])
+
+
+@pytest.mark.parametrize("layout, message", [
+    (dict(jinja="{% for %}"), r"chat_template\.jinja is not a valid Jinja chat template \(line 1"),
+    (dict(legacy_json="{not json"), r"chat_template\.json is not valid JSON"),
+    (dict(legacy_json={"template": "x"}), r"chat_template\.json has no 'chat_template' entry"),
+    (dict(tokenizer_config=5), r"tokenizer_config\.json's 'chat_template' is neither a template text"),
+    (dict(tokenizer_config=[{"name": "tool_use", "template": "U"}]), r"with a 'default' one"),
+])
+def test_a_broken_template_fails_at_load_naming_the_file(tiny_checkpoint, tmp_path, layout, message):
+    directory = _with_templates(tiny_checkpoint, tmp_path / "ckpt", **layout)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(directory, audio_output=False)
+
+
+def _drop_added_tokens_decoder(config):
+    config.pop("added_tokens_decoder")
+
+
+@pytest.mark.parametrize("edit", [None, _drop_added_tokens_decoder])
+def test_template_variables_are_transformers_special_tokens_map(tiny_checkpoint, tmp_path, edit):
+    """Without added_tokens_decoder transformers reads special_tokens_map.json too (and lets it win)."""
+    from transformers import AutoTokenizer
+
+    from omni.tokenizer import Tokenizer
+
+    directory = _with_templates(tiny_checkpoint, tmp_path / "ckpt", legacy_json={"chat_template": "x"},
+                                tokenizer_edit=edit)
+    (directory / "special_tokens_map.json").unlink()
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<|im_start|>", "eos_token": {"content": "<|endoftext|>", "special": True}}))
+    expected = AutoTokenizer.from_pretrained(directory).special_tokens_map
+    assert Tokenizer.from_checkpoint(directory).chat_template.variables == expected
+    assert ("bos_token" in expected) == (edit is not None)

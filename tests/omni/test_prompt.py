@@ -134,8 +134,9 @@ def test_continued_turn_on_the_kv_cache_matches_the_whole_conversation(pair, med
 
     turn2 = _user({"type": "audio", "audio": str(media.tone["wav"])}, {"type": "text", "text": "And this sound?"})
     start = first.next_position + 4
-    prepared = _prepare(ours, turn2, continuation=True, prefix_ids=reply[-1:], prefix="<|im_end|>\n",
-                        start_position=start)
+    history = turn1 + [{"role": "assistant", "content": ours.tokenizer.decode(reply)}]
+    prepared = _prepare(ours, turn2, continuation=True, history=history, prefix_ids=reply[-1:],
+                        prefix="<|im_end|>\n", start_position=start)
     second = merge_prompt(thinker, prepared, encode_media(thinker, prepared.media))
     with torch.no_grad():
         logits = thinker.lm_head(thinker(second.inputs_embeds, second.position_ids, cache=cache))
@@ -155,6 +156,56 @@ def test_continued_turn_on_the_kv_cache_matches_the_whole_conversation(pair, med
                              input_features=second_inputs["input_features"],
                              feature_attention_mask=second_inputs["feature_attention_mask"]).logits
     assert (logits - expected[:, new]).abs().max().item() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def front_end(tiny_checkpoint):
+    """The prompt builder's inputs and the reference processor, without any model."""
+    from transformers import Qwen2_5OmniProcessor
+
+    from omni.config import load_config
+    from omni.tokenizer import Tokenizer
+
+    return (Tokenizer.from_checkpoint(tiny_checkpoint), load_config(tiny_checkpoint).thinker,
+            Qwen2_5OmniProcessor.from_pretrained(tiny_checkpoint))
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("use_audio_in_video", [False, True])
+def test_turns_on_a_cache_feed_the_processor_ids_of_the_whole_conversation(front_end, media, use_audio_in_video):
+    """As a session feeds them: turn 1; the reply's tokens; <|im_end|> and "\n"; turn 2 rendered after
+    the history. Together: the ids of the processor (its own rendering of the checkpoint's published
+    template, and its placeholder expansion) for the whole conversation with the system prompt."""
+    from omni.chat import AUDIO_SYSTEM_PROMPT
+
+    tokenizer, config, processor = front_end
+    turn1 = _user({"type": "image", "image": str(media.image_png)}, {"type": "text", "text": "What is it?"})
+    reply = "A red square, I think."
+    turn2 = _user(_video(media.long_video_audio), {"type": "audio", "audio": str(media.tone["wav"])},
+                  {"type": "image", "image": str(media.image_jpg)}, {"type": "text", "text": "And these?"})
+    history = turn1 + [{"role": "assistant", "content": reply}]
+    options = dict(pad_token_id=PAD_ID, system_prompt=AUDIO_SYSTEM_PROMPT, use_audio_in_video=use_audio_in_video)
+    first = prepare_prompt(tokenizer, config, turn1, **options)
+    reply_ids = tokenizer.encode(reply) + [tokenizer.token_id("<|im_end|>")]
+    second = prepare_prompt(tokenizer, config, turn2, continuation=True, history=history, prefix_ids=reply_ids,
+                            prefix="\n", **options)
+    fed = torch.cat([first.input_ids, second.input_ids], dim=1)
+
+    whole = [{"role": "system", "content": AUDIO_SYSTEM_PROMPT}] + history + turn2
+    expected = reference_inputs(processor, [whole], [first.items[0] + second.items[0]], use_audio_in_video,
+                                video_pixels=VIDEO_PIXELS)
+    assert torch.equal(fed, expected["input_ids"])
+    ids = config.token_ids
+    assert all(bool((second.input_ids == token).any()) for token in (ids.image, ids.audio, ids.video))
+
+
+def test_a_continued_turn_needs_its_history(front_end):
+    tokenizer, config, _ = front_end
+    with pytest.raises(InputError, match="continuation=True needs history"):
+        prepare_prompt(tokenizer, config, [{"role": "user", "content": "Hi"}], pad_token_id=PAD_ID, continuation=True)
+    with pytest.raises(InputError, match="history holds 1 conversations' messages for 2 conversations"):
+        prepare_prompt(tokenizer, config, [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
+                       pad_token_id=PAD_ID, continuation=True, history=[{"role": "user", "content": "x"}])
 
 
 def test_bf16_prompt_runs_close_to_fp32(tiny_checkpoint, media):
