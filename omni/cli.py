@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from typing import TYPE_CHECKING
 
-from omni.errors import OmniError
+from omni.errors import AudioOutputUnavailable, InputError, OmniError
+
+if TYPE_CHECKING:
+    from omni.audio_io import PcmPlayer
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +36,8 @@ def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", action="append", default=[], help="video file (repeatable)")
     parser.add_argument("--use-audio-in-video", action="store_true", help="also listen to the videos' sound")
     parser.add_argument("--voice", default=None, help="voice of the spoken reply (e.g. Chelsie, Ethan)")
-    parser.add_argument("--text-only", action="store_true", help="reply in text only (the Talker never runs)")
+    parser.add_argument("--text-only", action="store_true",
+                        help="reply in text only (the Talker never runs); the default without --out/--save-audio/--play")
     parser.add_argument("--max-speech-seconds", type=float, default=None,
                         help="stop the speech after this many seconds (default: the Talker's own end, at most 82 s)")
     _add_sampling_options(parser)
@@ -39,7 +46,7 @@ def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from omni.tools.make_checkpoint import make_checkpoint
 
-    path = make_checkpoint(args.directory, preset=args.preset, seed=args.seed)
+    path = make_checkpoint(args.directory, preset=args.preset, seed=args.seed, force=args.force)
     print(f"wrote a random-weight {args.preset} Qwen2.5-Omni checkpoint to {path}")
     return 0
 
@@ -60,23 +67,82 @@ def _user_message(text: str, images=(), audios=(), videos=()) -> dict:
     return {"role": "user", "content": content}
 
 
-def _session(args: argparse.Namespace):
+def _speech_plan(args: argparse.Namespace, file_sink: str | None) -> tuple[bool, PcmPlayer | None]:
+    """Whether replies are spoken, and the player that plays them. Speech nobody hears is never
+    made: without a file to write or a player to play it, the Talker is not even loaded."""
+    from omni.audio_io import find_pcm_player, no_player_message
+
+    file_flag = "--out" if args.command == "run" else "--save-audio"
+    if args.text_only and (file_sink or args.play):
+        raise InputError(f"--text-only contradicts {file_flag if file_sink else '--play'}: "
+                         "keep --text-only for a text reply, or drop it to hear or save the speech")
+    player = None
+    if args.play:
+        player = find_pcm_player()
+        if player is None:
+            after = (f"the speech still goes to {file_flag}" if file_sink
+                     else f"replying in text only ({file_flag} would save the speech instead)")
+            print(f"omni: {no_player_message()}; {after}", file=sys.stderr)
+    speak = bool(file_sink) or player is not None
+    unused = [flag for flag, value in (("--voice", args.voice), ("--max-speech-seconds", args.max_speech_seconds))
+              if value is not None]
+    if not speak and unused:
+        verb = "has" if len(unused) == 1 else "have"
+        print(f"omni: note: {' and '.join(unused)} {verb} no effect without {file_flag} or --play (the reply is "
+              "text only)", file=sys.stderr)
+    return speak, player
+
+
+def _session(args: argparse.Namespace, speak: bool):
     from omni.session import OmniSession
 
     options = {"max_new_tokens": args.max_new_tokens, "use_audio_in_video": args.use_audio_in_video}
     if args.system is not None:
         options["system_prompt"] = args.system
-    audio = None if not args.text_only else False
-    session = OmniSession.from_pretrained(args.model, device=args.device, dtype=args.dtype, audio_output=audio, **options)
-    return session
+    if speak:
+        options["voice"] = args.voice  # a wrong name fails now, not after the first prompt
+    try:
+        return OmniSession.from_pretrained(args.model, device=args.device, dtype=args.dtype, audio_output=speak,
+                                           **options)
+    except AudioOutputUnavailable as exc:
+        raise AudioOutputUnavailable(f"{exc} (here: leave out --out/--save-audio/--play for a text reply)") from None
 
 
-def _speak_reply(session, message, args: argparse.Namespace, out_path=None) -> None:
-    """Stream one reply to the terminal; audio (when the model speaks) goes to `out_path`."""
+class _CtrlCStops:
+    """While active, Ctrl-C calls `stop` instead of raising: the reply ends cleanly at its next step
+    and stays in the conversation. A second Ctrl-C raises KeyboardInterrupt, for a stop that hangs
+    (a long media encode checks for cancellation only when it is done)."""
+
+    def __init__(self, stop) -> None:
+        self._stop = stop
+        self._pressed = False
+        self._previous = None
+        self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self._pressed:
+            raise KeyboardInterrupt
+        self._pressed = True
+        self._stop()
+
+    def __enter__(self) -> _CtrlCStops:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _speak_reply(session, message, args: argparse.Namespace, speak: bool, player: PcmPlayer | None = None,
+                 out_path=None) -> bool:
+    """Stream one reply to the terminal; its speech (when `speak`) plays through `player` as it
+    arrives and goes to `out_path`. Ctrl-C stops the reply; returns True when it was stopped."""
+    from omni.audio_io import StreamingPlayback
     from omni.events import AudioChunk, ReplyDone, TextDelta
 
-    speak = session.model.audio_output and not args.text_only
-    chunks = []
     speech = None
     if speak and args.max_speech_seconds is not None:
         from omni.speech import SpeechOptions
@@ -84,48 +150,88 @@ def _speak_reply(session, message, args: argparse.Namespace, out_path=None) -> N
 
         codes = max(1, int(args.max_speech_seconds * 50))  # the codec runs at 50 tokens per second
         speech = SpeechOptions(talker=TalkerOptions(max_codes=codes))
-    with session.stream(message, return_audio=speak, voice=args.voice, speech=speech,
-                        **_sampling_overrides(args)) as events:
+    stop = threading.Event()
+    stream = playback = None
+    chunks = []
+    cancelled = False
+
+    def request_stop() -> None:
+        stop.set()
+        if stream is not None:
+            stream.cancel()
+
+    with _CtrlCStops(request_stop):
         try:
-            for event in events:
-                if isinstance(event, TextDelta):
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-                elif isinstance(event, AudioChunk):
-                    chunks.append(event)
-                elif isinstance(event, ReplyDone):
-                    done = event
-        except KeyboardInterrupt:
-            events.cancel()
-            sys.stdout.write(" [stopped]")
-    sys.stdout.write("\n")
-    if chunks and out_path is not None:
-        from omni.audio_io import write_wav
+            stream = session.stream(message, return_audio=speak, voice=args.voice, speech=speech,
+                                    **_sampling_overrides(args))
+            if stop.is_set():  # Ctrl-C while the media were read: stop before the first step
+                stream.cancel()
+            with stream:
+                for event in stream:
+                    if isinstance(event, TextDelta):
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                    elif isinstance(event, AudioChunk):
+                        if out_path is not None:
+                            chunks.append(event)
+                        if player is not None and playback is None and not stop.is_set():
+                            try:
+                                playback = StreamingPlayback(player, event.sample_rate_hz)
+                            except OSError as exc:  # found on PATH but would not start: the text goes on
+                                print(f"\nomni: cannot start {player.executable}: {exc}", file=sys.stderr)
+                                player = None
+                        if playback is not None and not stop.is_set():
+                            playback.feed(event.pcm16())
+                    elif isinstance(event, ReplyDone):
+                        cancelled = event.finish_reason == "cancelled"
+            sys.stdout.write(" [stopped]\n" if cancelled else "\n")
+            sys.stdout.flush()
+            if chunks:
+                _save_speech(chunks, out_path)
+            if playback is not None:
+                status = playback.finish(stop)
+                if stop.is_set() and not cancelled:
+                    print("[audio stopped]", file=sys.stderr)
+                elif status:
+                    print(f"omni: {playback.player.name} exited with status {status} (see its message above)",
+                          file=sys.stderr)
+        except KeyboardInterrupt:  # the second Ctrl-C
+            stop.set()
+            if stream is not None:
+                stream.close()  # ends the turn, so the session takes the next one
+            sys.stdout.write(" [stopped]\n")
+            sys.stdout.flush()
+        finally:
+            if playback is not None:
+                playback.stop()  # nothing left to do when it finished
+    return stop.is_set()
 
-        import numpy as np
 
-        write_wav(out_path, np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate_hz)
-        print(f"[audio: {sum(c.duration_s for c in chunks):.1f} s -> {out_path}]", file=sys.stderr)
-        if getattr(args, "play", False):
-            from omni.audio_io import play
+def _save_speech(chunks, out_path) -> None:
+    import numpy as np
 
-            play(out_path)
-    del done
+    from omni.audio_io import write_wav
+
+    write_wav(out_path, np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate_hz)
+    print(f"[audio: {sum(c.duration_s for c in chunks):.1f} s -> {out_path}]", file=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    session = _session(args)
+    speak, player = _speech_plan(args, args.out)
+    session = _session(args, speak)
     message = _user_message(args.prompt, args.image, args.audio, args.video)
-    _speak_reply(session, [message], args, out_path=args.out)
-    return 0
+    stopped = _speak_reply(session, [message], args, speak, player, out_path=args.out)
+    return 130 if stopped else 0  # the shell's code for an interrupted command
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     """Interactive chat: each line is a turn; `/image PATH`, `/audio PATH`, `/video PATH` attach media
-    to the next turn, `/reset` starts over, `/quit` (or Ctrl-D) leaves."""
+    to the next turn, `/reset` starts over, `/quit` (or Ctrl-D) leaves. Ctrl-C stops a reply (or
+    clears the line being typed), and the chat goes on."""
     from pathlib import Path
 
-    session = _session(args)
+    speak, player = _speech_plan(args, args.save_audio)
+    session = _session(args, speak)
     attached = {"image": list(args.image), "audio": list(args.audio), "video": list(args.video)}
     save_dir = Path(args.save_audio) if args.save_audio else None
     if save_dir:
@@ -137,6 +243,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             line = input("you> ").strip()
         except EOFError:
             return 0
+        except KeyboardInterrupt:  # as in Python's own prompt: drop the line, ask again
+            print()
+            print("[/quit or Ctrl-D leaves]", file=sys.stderr)
+            continue
         if not line:
             continue
         command, _, rest = line.partition(" ")
@@ -152,11 +262,14 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         message = _user_message(line, attached["image"], attached["audio"], attached["video"])
         attached = {"image": [], "audio": [], "video": []}
         turn += 1
-        sys.stdout.write("omni> ")
         try:
-            _speak_reply(session, [message], args, out_path=(save_dir / f"reply-{turn:03d}.wav") if save_dir else None)
+            sys.stdout.write("omni> ")
+            _speak_reply(session, [message], args, speak, player,
+                         out_path=(save_dir / f"reply-{turn:03d}.wav") if save_dir else None)
         except OmniError as exc:
             print(f"omni: error: {exc}", file=sys.stderr)
+        except KeyboardInterrupt:  # a Ctrl-C before the reply had started
+            sys.stdout.write(" [stopped]\n")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -169,7 +282,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or f"eval-{args.task}-{__import__('pathlib').Path(args.data).stem}"
     summary = run_eval(
         args.task, loaded, samples, out, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+        max_new_tokens=args.max_new_tokens, progress=not args.no_progress, restart=args.restart,
     )
     print(format_table(summary))
     print(f"predictions and summary.json in {out}")
@@ -195,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("directory")
     make.add_argument("--preset", choices=["tiny", "small"], default="tiny")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--force", action="store_true",
+                      help="replace DIR even when it holds files make-checkpoint did not write")
     make.set_defaults(handler=_cmd_make_checkpoint)
 
     run = commands.add_parser("run", help="answer one prompt (with optional media), streaming the reply")
@@ -202,21 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt", required=True)
     _add_conversation_options(run)
     run.add_argument("--out", default=None, help="write the spoken reply to this WAV file")
-    run.add_argument("--play", action="store_true", help="play the reply's audio when a player exists")
+    run.add_argument("--play", action="store_true",
+                     help="play the speech as it is generated (through aplay, paplay, pw-play, ffplay or sox's play)")
     run.set_defaults(handler=_cmd_run)
 
     chat = commands.add_parser("chat", help="interactive chat in the terminal")
     _add_model_options(chat)
     _add_conversation_options(chat)
     chat.add_argument("--save-audio", default=None, metavar="DIR", help="write each spoken reply to DIR/reply-NNN.wav")
-    chat.add_argument("--play", action="store_true", help="play each reply's audio when a player exists")
+    chat.add_argument("--play", action="store_true",
+                      help="play each reply's speech as it is generated (aplay, paplay, pw-play, ffplay or sox's play)")
     chat.set_defaults(handler=_cmd_chat)
 
     evaluate = commands.add_parser("eval", help="speech recognition (asr) or visual question answering (vqa) scores")
     evaluate.add_argument("task", choices=["asr", "vqa"])
     _add_model_options(evaluate)
     evaluate.add_argument("--data", required=True, help="JSONL manifest (or a LibriSpeech-style directory for asr)")
-    evaluate.add_argument("--out", default=None, help="output directory (predictions.jsonl, summary.json); rerun to resume")
+    evaluate.add_argument("--out", default=None,
+                          help="output directory (predictions.jsonl, summary.json, run.json); rerun to resume")
+    evaluate.add_argument("--restart", action="store_true",
+                          help="discard the predictions already in --out and start over (e.g. with another model)")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
     evaluate.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,12 @@
 """Run an evaluation: batched inference, predictions appended as they finish, resumable, summarised.
 
 Predictions go to `<out>/predictions.jsonl`, one line per sample as soon as its batch finishes; a
-rerun with the same output directory skips every id already there. The summary (`summary.json`,
-and a table on stdout) is computed from the whole predictions file, so an interrupted run that is
-resumed reports the same figures as an uninterrupted one. A sample whose media cannot be read is
-recorded with its error and scored as a failure (empty transcript / wrong answer), not skipped.
+rerun with the same output directory skips every id already there, provided it runs the same model
+and settings (recorded in `<out>/run.json`; others are refused, see `fingerprint.py`). The summary
+(`summary.json`, and a table on stdout) is computed from the whole predictions file, so an
+interrupted run that is resumed reports the same figures as an uninterrupted one. A sample whose
+media cannot be read is recorded with its error and scored as a failure (empty transcript / wrong
+answer), not skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from omni.batch import generate_batch
 from omni.errors import OmniError
 from omni.eval.asr_metrics import ZERO, ErrorCounts, error_counts, uses_characters
 from omni.eval.data import ASR_SYSTEM_PROMPT, VQA_SYSTEM_PROMPT, AsrSample, VqaSample
+from omni.eval.fingerprint import FINGERPRINT, differences, run_fingerprint
 from omni.eval.vqa_metrics import exact_match, extract_choice, vqa_soft_accuracy
 from omni.loading import LoadedModel
 from omni.sampling import SamplingParams
@@ -65,16 +68,21 @@ def run_eval(
     max_new_tokens: int = 128,
     sampling: SamplingParams | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict[str, Any]:
+    """Predict, score and summarise `samples` into `out_dir`, resuming what is there. `restart`
+    discards earlier predictions; without it, predictions of another model or settings are refused."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictions_path = out / PREDICTIONS
+    sampling = (sampling or SamplingParams()).with_overrides(seed=seed)
+    system_prompt = ASR_SYSTEM_PROMPT if task == "asr" else VQA_SYSTEM_PROMPT
+    fingerprint = run_fingerprint(task, loaded, samples, max_new_tokens, seed, sampling, system_prompt)
+    _claim_output(out, fingerprint, restart)
     done = {row["id"] for row in _read_predictions(predictions_path)}
     selected = list(samples)[:limit] if limit is not None else list(samples)
     todo = [sample for sample in selected if sample.id not in done]
     torch.manual_seed(seed)
-    sampling = (sampling or SamplingParams()).with_overrides(seed=seed)
-    system_prompt = ASR_SYSTEM_PROMPT if task == "asr" else VQA_SYSTEM_PROMPT
     scorer = score_asr if task == "asr" else score_vqa
 
     bar = _progress(total=len(selected), initial=len(selected) - len(todo), enabled=progress, task=task)
@@ -98,6 +106,33 @@ def run_eval(
     summary = summarize(task, rows)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
+
+
+def _claim_output(out: Path, fingerprint: dict[str, Any], restart: bool) -> None:
+    """Make `out` this run's: refuse (before writing anything) to add to predictions that another
+    model or other settings made, unless `restart` discards them."""
+    predictions_path, record_path = out / PREDICTIONS, out / FINGERPRINT
+    existing = len(_read_predictions(predictions_path))
+    if existing and not restart:
+        try:
+            recorded = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        how = (f"use a new --out, or --restart (restart=True in run_eval) to discard those {existing} "
+               "predictions and start over")
+        if not isinstance(recorded, dict):
+            raise OmniError(f"{predictions_path} holds {existing} predictions but no readable {record_path.name} "
+                            f"saying which model and settings made them (an older omni wrote it); {how}")
+        changed = differences(recorded, fingerprint)
+        if changed:
+            raise OmniError(f"{out} holds {existing} predictions made by another model or settings "
+                            f"({'; '.join(changed)}); they cannot be mixed: {how}")
+    if restart:
+        for name in (PREDICTIONS, SUMMARY):
+            (out / name).unlink(missing_ok=True)
+    scratch = record_path.with_name(record_path.name + ".tmp")
+    scratch.write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    scratch.replace(record_path)
 
 
 def _predict(loaded, batch, system_prompt, max_new_tokens, sampling) -> list[tuple[str, str | None]]:

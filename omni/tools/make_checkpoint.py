@@ -60,6 +60,9 @@ PROCESSOR_TOKENS = {
     "audio_eos_token": "<|audio_eos|>",
 }
 
+# The template Qwen/Qwen2.5-Omni-7B and -3B publish, verbatim, as transformers' own processor test
+# (tests/models/qwen2_5_omni/test_processor_qwen2_5_omni.py) loads it for Qwen/Qwen2.5-Omni-7B;
+# tests/data/qwen2_5_omni_chat_template.json holds the cited copy the tests compare it to.
 CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
     "{% set video_count = namespace(value=0) %}{% for message in messages %}"
@@ -87,8 +90,10 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny", seed: int = 0) -> Path:
-    """Write a random-weight checkpoint of `preset` to `directory` (replacing what is there)."""
+def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny", seed: int = 0,
+                    force: bool = False) -> Path:
+    """Write a random-weight checkpoint of `preset` to `directory`. An earlier make_checkpoint output
+    there is replaced; any other non-empty directory only with `force` (see `_claim_target`)."""
     try:
         import torch
         from transformers import GenerationConfig, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
@@ -96,9 +101,10 @@ def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny",
         raise OmniError("make-checkpoint needs the dev extra: pip install -e '.[dev]'") from exc
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     target = Path(directory)
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    _claim_target(target, force)
+    (target / OWN_MARKER).write_text(json.dumps(
+        {"written_by": "omni make-checkpoint", "preset": spec.name, "seed": seed, "random_weights": True},
+        indent=2) + "\n", encoding="utf-8")
 
     config = Qwen2_5OmniConfig(
         thinker_config=spec.thinker,
@@ -130,6 +136,47 @@ def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny",
     write_tokenizer(target)
     _write_processor(target)
     return target
+
+
+# Written first into every directory make_checkpoint fills, so that a later run recognises its own
+# output (even a build cut short) and may replace it. A marker file rather than "looks like a
+# checkpoint": a real downloaded checkpoint has config.json and safetensors too, and must never be
+# replaced without --force.
+OWN_MARKER = "omni-make-checkpoint.json"
+
+
+def _claim_target(target: Path, force: bool) -> None:
+    """Leave `target` an empty directory. What is there goes only when make_checkpoint wrote it (the
+    marker) or `force` is set; a directory holding the home or current directory never goes."""
+    if target.is_symlink() and not target.exists():
+        raise OmniError(f"{target} is a broken symbolic link; remove it or choose another directory")
+    if target.exists() and not target.is_dir():
+        if not force:
+            raise OmniError(f"{target} exists and is not a directory; choose another path, or pass --force to "
+                            "replace it")
+        target.unlink()
+    if not target.exists():
+        target.mkdir(parents=True)
+        return
+    entries = sorted(target.iterdir())
+    if not entries:
+        return
+    if not force and not (target / OWN_MARKER).is_file():
+        shown = ", ".join(entry.name for entry in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise OmniError(
+            f"{target} is not empty ({shown}) and was not written by make-checkpoint; "
+            "choose a new or empty directory, or pass --force to delete what it holds"
+        )
+    resolved = target.resolve()
+    for kept, what in ((Path.home().resolve(), "your home directory"), (Path.cwd().resolve(), "the current directory")):
+        if resolved == kept or resolved in kept.parents:
+            raise OmniError(f"refusing to empty {target}: it holds {what}; choose another directory")
+    # The entries, not the directory itself: a symbolic link to a directory stays a link.
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _write_quirk_fixes(target: Path) -> None:
@@ -165,7 +212,6 @@ def _write_processor(target: Path) -> None:
             padding_value=0.0, dither=0.0, return_attention_mask=True,
         ),
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
     )
     # Real checkpoints carry the image + audio front-end settings as one flat file; the video
     # processor and transformers 5 read processor_config.json (saved below).
@@ -179,6 +225,8 @@ def _write_processor(target: Path) -> None:
         "dither": 0.0, "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
     }
     (target / "preprocessor_config.json").write_text(json.dumps(legacy, indent=2), encoding="utf-8")
+    # The hub repos ship the template as the processor's legacy chat_template.json, not chat_template.jinja.
+    (target / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2), encoding="utf-8")
     # Saved aside so that the tokenizer files stay the ones write_tokenizer made.
     with tempfile.TemporaryDirectory() as scratch:
         processor.save_pretrained(scratch)
@@ -304,7 +352,9 @@ def cached_checkpoint(preset: str, cache_dir: str | os.PathLike | None = None) -
     target = cache / f"{preset}-{digest.hexdigest()[:12]}"
     if not (target / "complete").exists():
         scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        make_checkpoint(scratch, preset=preset)
+        # force: the scratch name is this function's own, and one left by a crashed build of an
+        # older omni carries no marker
+        make_checkpoint(scratch, preset=preset, force=True)
         (scratch / "complete").touch()
         try:
             scratch.rename(target)
