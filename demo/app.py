@@ -8,6 +8,7 @@ Everything that decides anything lives in demo/turn.py; this file only wires wid
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from omni.loading import LoadedModel
 MIC_CHUNK_S = 0.25  # how often the browser sends microphone audio (and so the VAD's reaction time)
 TEXT_UPDATE_S = 0.05  # at most this often a text-only update goes to the browser
 FILE_TYPES = ["image", "audio", "video"]
+GRADIO_CACHE_MAX_AGE_S = 3600
 
 
 def build_app(
@@ -38,8 +40,12 @@ def build_app(
     max_concurrent_replies: int = 2,
 ) -> gr.Blocks:
     """The demo's Blocks; `launch()` it with `allowed_paths=[app.omni_media_dir]` so the chat can
-    play back spoken turns."""
-    media_dir = Path(media_dir or tempfile.mkdtemp(prefix="omni-demo-"))
+    play back spoken turns. Each conversation keeps only its last few recordings there and deletes
+    them when it is cleared or its browser session ends; a media dir made here is removed at exit."""
+    if media_dir is None:
+        media_dir = Path(tempfile.mkdtemp(prefix="omni-demo-"))
+        atexit.register(shutil.rmtree, media_dir, ignore_errors=True)
+    media_dir = Path(media_dir)
     media_dir.mkdir(parents=True, exist_ok=True)
     limits = media_limits or MediaLimits()
 
@@ -50,8 +56,10 @@ def build_app(
         return conversation if conversation is not None else new_conversation()
 
     voices = loaded.voices
-    with gr.Blocks(title="omni") as app:
-        state = gr.State(None, delete_callback=lambda c: c.stop() if c is not None else None)
+    # Gradio serves copies of files (spoken turns, each streamed speech chunk) from its own cache,
+    # which would otherwise only grow: drop copies over an hour old, every hour.
+    with gr.Blocks(title="omni", delete_cache=(GRADIO_CACHE_MAX_AGE_S, GRADIO_CACHE_MAX_AGE_S)) as app:
+        state = gr.State(None, delete_callback=lambda c: c.close() if c is not None else None)
         gr.Markdown(f"## omni — talk to `{loaded.path.name}`\nType, upload, speak or show; "
                     "the reply streams as text and speech. Speak over a reply to interrupt it.")
         with gr.Row():
@@ -220,19 +228,22 @@ def _voice_outputs(conversation: Conversation, events, count) -> tuple:
 def ensure_ffmpeg() -> bool:
     """Gradio's streaming audio player calls `ffmpeg` from PATH. Without a system one, use the static
     build the imageio-ffmpeg wheel ships (a `demo` extra), linked as `ffmpeg` into a private bin dir,
-    so that a fresh machine needs no system package."""
+    so that a fresh machine needs no system package.
+
+    The bin dir is made fresh by mkdtemp (a new, unguessable name, mode 0700, created by us or not at
+    all) rather than reused at a fixed name under /tmp: another local user could create that name
+    first and put their own `ffmpeg` in it, which would then run as us. Nothing is trusted from a
+    previous start; the dir is removed at exit."""
     if shutil.which("ffmpeg") is not None:
         return True
     try:
         import imageio_ffmpeg
     except ImportError:
         return False
-    binary = Path(imageio_ffmpeg.get_ffmpeg_exe())
-    bin_dir = Path(tempfile.gettempdir()) / f"omni-ffmpeg-{os.getuid()}"
-    bin_dir.mkdir(exist_ok=True)
-    link = bin_dir / "ffmpeg"
-    if not link.exists():
-        link.symlink_to(binary)
+    binary = Path(imageio_ffmpeg.get_ffmpeg_exe()).resolve()
+    bin_dir = Path(tempfile.mkdtemp(prefix="omni-ffmpeg-"))
+    atexit.register(shutil.rmtree, bin_dir, ignore_errors=True)
+    (bin_dir / "ffmpeg").symlink_to(binary)
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     return shutil.which("ffmpeg") is not None
 

@@ -3,12 +3,15 @@ out, stop, reset and barge-in. The Gradio app (demo/app.py) only wires widgets t
 everything here is testable without a browser.
 
 A `Conversation` owns one `OmniSession` (sessions share one loaded model), the chat history the UI
-shows, and the voice chat's end-of-turn detector.
+shows, the voice chat's end-of-turn detector, and the WAV files of its spoken turns (the chat plays
+them back). It keeps the files of its last `KEPT_SPOKEN_TURNS` spoken turns only, deletes them all
+when it is reset, and removes its own media dir on `close()`.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import shutil
 import tempfile
 import threading
 import time
@@ -34,6 +37,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".ti
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".oga"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".mpeg", ".mpg"}
 MAX_FILES_PER_TURN = 8
+# Recordings of spoken turns kept for the chat to play back; older turns show SPOKEN_TURN_GONE instead.
+# Gradio re-reads every file the history names on each update, so a file is never deleted while the
+# history still names it.
+KEPT_SPOKEN_TURNS = 8
+SPOKEN_TURN_GONE = "🎤 (spoken turn; its recording is no longer kept)"
 REPLY_WAIT_S = 30.0  # how long a new turn waits for a stopped reply to wind down
 
 
@@ -109,7 +117,10 @@ class Conversation:
     loaded: LoadedModel
     system_prompt: str | None = AUDIO_SYSTEM_PROMPT
     media_limits: MediaLimits = field(default_factory=MediaLimits)
-    media_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "omni-demo")
+    # where spoken turns are written; None: a private dir (mkdtemp: fresh name, mode 0700) made on the
+    # first spoken turn and removed by close(). A dir given here is shared (the app gives one to every
+    # conversation): only this conversation's own files are ever deleted from it.
+    media_dir: Path | None = None
     vad_options: VADOptions = field(default_factory=VADOptions)
 
     def __post_init__(self) -> None:
@@ -120,7 +131,9 @@ class Conversation:
         self._replying = threading.Event()
         self._stop_requested = threading.Event()
         self.spoken_turns: deque[np.ndarray] = deque()  # utterances the detector ended, not yet answered
-        self.media_dir = Path(self.media_dir)
+        self.media_dir = Path(self.media_dir) if self.media_dir is not None else None
+        self._own_media_dir = False  # made by this conversation, so removed by close()
+        self._spoken_files: deque[Path] = deque()  # this conversation's recordings, oldest first
 
     # ------------------------------------------------------------------------------------------
     # Turns in
@@ -143,8 +156,28 @@ class Conversation:
         """A spoken turn (16 kHz mono from the end-of-turn detector): saved as a WAV the chat can play."""
         if audio_16k.size == 0:
             raise InputError("the spoken turn holds no audio")
+        if self.media_dir is None:
+            self.media_dir = Path(tempfile.mkdtemp(prefix="omni-demo-"))
+            self._own_media_dir = True
         path = write_wav(self.media_dir / f"turn-{uuid.uuid4().hex[:12]}.wav", audio_16k, VAD_SAMPLE_RATE_HZ)
-        return self.user_turn(None, [path])
+        self._spoken_files.append(path)
+        message = self.user_turn(None, [path])
+        # the newest recordings stay; this turn's own is never among the ones dropped, so the session
+        # can still read it when the reply starts
+        while len(self._spoken_files) > KEPT_SPOKEN_TURNS:
+            self._drop_recording(self._spoken_files.popleft())
+        return message
+
+    def _drop_recording(self, path: Path) -> None:
+        for entry in self.history:
+            if entry["role"] == "user" and isinstance(entry["content"], list):
+                entry["content"] = [SPOKEN_TURN_GONE if isinstance(item, dict) and item.get("path") == str(path)
+                                    else item for item in entry["content"]]
+        path.unlink(missing_ok=True)
+
+    def _drop_all_recordings(self) -> None:
+        while self._spoken_files:
+            self._spoken_files.popleft().unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------------
     # Replies
@@ -203,8 +236,18 @@ class Conversation:
         self.session.reset()
         self.history.clear()
         self.spoken_turns.clear()
+        self._drop_all_recordings()
         if self._detector is not None:
             self._detector.reset()
+
+    def close(self) -> None:
+        """The user left: stop the reply, delete this conversation's recordings (and its private media
+        dir). The conversation can still be used afterwards; it starts a new media dir if needed."""
+        self.stop()
+        self._drop_all_recordings()
+        if self._own_media_dir and self.media_dir is not None:
+            shutil.rmtree(self.media_dir, ignore_errors=True)
+            self.media_dir, self._own_media_dir = None, False
 
     def set_system_prompt(self, system_prompt: str | None) -> bool:
         """A new system prompt starts a new conversation (it is the first thing the model read).

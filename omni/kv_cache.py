@@ -3,7 +3,8 @@
 One tensor per layer for keys and one for values, shaped (batch, kv_heads, capacity, head_dim), filled
 left to right. Rows of a padded batch share one fill length; `valid` marks which slots hold real
 tokens (None when every slot below `length` does). Decoding writes into the preallocated slots and
-allocates nothing until the capacity runs out, when the buffers grow by doubling.
+allocates nothing until the capacity runs out, when the buffers grow by doubling. The owner of a
+long-lived cache (a conversation) gives memory back with `shrink` once most of it lies unused.
 """
 
 from __future__ import annotations
@@ -51,16 +52,25 @@ class KVCache:
     def ensure_capacity(self, needed: int) -> None:
         if needed <= self.capacity:
             return
-        new_capacity = max(needed, 2 * self.capacity)
+        self._reallocate(max(needed, 2 * self.capacity))
+
+    def shrink(self, capacity: int) -> None:
+        """Reallocate to `capacity` slots (never fewer than `length`), keeping the filled part, so
+        the memory above it goes back to the allocator."""
+        capacity = max(capacity, self.length)
+        if capacity < self.capacity:
+            self._reallocate(capacity)
+
+    def _reallocate(self, capacity: int) -> None:
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
-                grown = old.new_zeros(old.shape[:2] + (new_capacity,) + old.shape[3:])
-                grown[:, :, : self.length] = old[:, :, : self.length]
-                store[i] = grown
+                moved = old.new_zeros(old.shape[:2] + (capacity,) + old.shape[3:])
+                moved[:, :, : self.length] = old[:, :, : self.length]
+                store[i] = moved
         if self.valid is not None:
-            grown_valid = self.valid.new_zeros((self.valid.shape[0], new_capacity))
-            grown_valid[:, : self.length] = self.valid[:, : self.length]
-            self.valid = grown_valid
+            moved_valid = self.valid.new_zeros((self.valid.shape[0], capacity))
+            moved_valid[:, : self.length] = self.valid[:, : self.length]
+            self.valid = moved_valid
 
     def mark(self, start: int, count: int, valid_rows: torch.Tensor | None = None) -> None:
         """Record which of the slots [start, start + count) hold real tokens.

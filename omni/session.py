@@ -8,31 +8,35 @@ time.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from omni.async_reply import AsyncReply
 from omni.encoders.limits import MediaLimits
 from omni.chat import AUDIO_SYSTEM_PROMPT, validate_messages
-from omni.errors import InputError
+from omni.errors import ContextLengthError, InputError
 from omni.events import AudioChunk, Event, ReplyDone
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel, load_model
 from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
+from omni.reply_stream import OpenReply, ReplyStream
 from omni.sampling import SamplingParams
 from omni.speech import SpeechOptions, TalkerContext, resolve_voice
+from omni.stop import stop_strings
 from omni.prompt import encode_media, merge_prompt, prepare_prompt
 from omni.thinker.generate import ThinkerPrompt
 
 IM_END = "<|im_end|>"
+MIN_CACHE_TOKENS = 256  # a session's first cache, and the least it shrinks to
+SHRINK_ABOVE_RESERVE = 4  # see OmniSession._fit_cache
 
 
 @dataclass
@@ -63,56 +67,6 @@ class Reply:
     done: ReplyDone
 
 
-class ReplyStream:
-    """Iterator over one reply's events. Closing it (or `session.cancel()`) stops generation within
-    one step; the partial reply stays in the conversation."""
-
-    def __init__(self, events: Iterator[Event], cancel: threading.Event, on_close) -> None:
-        self._events = events
-        self._cancel = cancel
-        self._on_close = on_close
-        self._closed = False
-
-    def __iter__(self) -> ReplyStream:
-        return self
-
-    def __next__(self) -> Event:
-        if self._closed:
-            raise StopIteration
-        try:
-            return next(self._events)
-        except BaseException:
-            self._finish()
-            raise
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def close(self) -> None:
-        """Stop the reply (if it is still running) and keep what was generated."""
-        if self._closed:
-            return
-        self._cancel.set()
-        for _ in self._events:  # let the pipeline stop at its next step and record the partial reply
-            pass
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._on_close()
-
-    def __enter__(self) -> ReplyStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self.close()  # an abandoned stream (a `break` out of the loop) still ends its turn
-
-
 class OmniSession:
     def __init__(
         self,
@@ -138,8 +92,12 @@ class OmniSession:
             resolve_voice(model, voice)
         self.voice = voice
         self.state = ConversationState()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while a reply is open: from stream() to the end of its turn
+        # Held only for short bookkeeping (never while generating): who owns `state`, which reply is
+        # open. reset() takes it, not `_lock`, so it never waits for a reply.
+        self._guard = threading.Lock()
         self._active_cancel: threading.Event | None = None
+        self._open: OpenReply | None = None
 
     @classmethod
     def from_pretrained(
@@ -161,13 +119,22 @@ class OmniSession:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
+        self._settle_abandoned()
         return list(self.state.messages)
 
     def reset(self) -> None:
-        """Forget the conversation (cancelling a reply in progress first)."""
-        self.cancel()
-        with self._lock:
-            self.state.reset()
+        """Forget the conversation, at once, from any thread (the one iterating a reply included).
+
+        A reply in progress is cancelled and belongs to the forgotten conversation: it ends within
+        one step, and its turn is dropped rather than recorded. Until its stream has ended (the
+        iterating loop's next step, or `close()`), a new `stream()` still finds the session busy."""
+        self._settle_abandoned()
+        with self._guard:
+            forgotten, self.state = self.state, ConversationState()
+            if self._active_cancel is not None:
+                self._active_cancel.set()  # that reply frees `forgotten`'s cache when it ends
+            elif forgotten.cache is not None:
+                forgotten.cache.free()
 
     def cancel(self) -> None:
         """Stop the reply in progress, if any, within one step."""
@@ -185,6 +152,7 @@ class OmniSession:
         voice: str | None = None,
         max_new_tokens: int | None = None,
         speech: SpeechOptions | None = None,
+        stop: str | Sequence[str] | None = None,
         **sampling_overrides: Any,
     ) -> ReplyStream:
         """Start a reply to `message` (a string, one message dict, or a list of messages) and return
@@ -192,6 +160,8 @@ class OmniSession:
 
         return_audio: speak the reply (None: when the model can). voice: a name from `voices`.
         speech: Talker sampling, codec chunking, seed / initial noise (defaults: the reference's).
+        stop: a string or up to 4 strings; the reply ends before the first one its text would hold
+        (finish_reason "stop"; streamed text never shows any part of it, speech does not say it).
         Other keywords override the Thinker's sampling (temperature, top_k, top_p, seed, ...)."""
         started = time.perf_counter()
         new_messages = _as_messages(message)
@@ -210,39 +180,54 @@ class OmniSession:
                     speech_options = replace(speech_options, talker=replace(
                         talker, sampling=replace(talker.sampling, seed=sampling.seed)))
             resolve_voice(self.model, speech_options.voice)  # a bad voice fails here, before any work
+        if max_new_tokens is not None and (type(max_new_tokens) is not int or max_new_tokens < 1):
+            raise InputError(f"max_new_tokens must be a whole number >= 1 (or None for the session's "
+                             f"{self.max_new_tokens}), got {max_new_tokens!r}")
         options = ReplyOptions(
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=max_new_tokens if max_new_tokens is not None else self.max_new_tokens,
             sampling=sampling,
             speech=speech_options,
+            stop=stop_strings(stop),
         )
-        if options.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {options.max_new_tokens}")
-        if not self._lock.acquire(blocking=False):
-            raise InputError("this session is already generating a reply; cancel it or wait for it to finish")
-        try:
-            # A cancel from now on counts, even while the media are still being read and encoded.
+        self._settle_abandoned()
+        with self._guard:
+            if not self._lock.acquire(blocking=False):
+                raise InputError("this session is already generating a reply; cancel it or wait for it to finish")
+            # The turn belongs to this conversation even if reset() swaps in a new one meanwhile. A
+            # cancel from now on counts, even while the media are still being read and encoded.
+            state = self.state
             cancel = threading.Event()
             self._active_cancel = cancel
+        try:
             clock: dict[str, float] = {}
+            # reads `self.state`: a reset() meanwhile only swaps in a fresh one and cancels this reply
+            # before its first step, and the turn is dropped, so a prompt made from either is harmless
             prompt, prompt_ids = self._next_prompt(new_messages, clock)
-            cache = self._cache_for(len(prompt_ids) + options.max_new_tokens)
+            cache = self._cache_for(len(prompt_ids) + options.max_new_tokens, state)
             cache_length_before = cache.length
             record = ReplyRecord()
             events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started, stage_s=clock,
-                               talker_history=self.state.talker_context)
+                               talker_history=state.talker_context)
         except BaseException:
-            self._active_cancel = None
-            self._lock.release()
+            with self._guard:
+                self._active_cancel = None
+                self._lock.release()
             raise
 
         def finish() -> None:
-            try:
-                self._commit_turn(new_messages, prompt, prompt_ids, record, cache, cache_length_before)
-            finally:
-                self._active_cancel = None
-                self._lock.release()
+            with self._guard:
+                try:
+                    if state is self.state:
+                        self._commit_turn(new_messages, prompt, prompt_ids, record, cache, cache_length_before, state)
+                    else:  # reset() forgot this conversation while the reply ran
+                        cache.free()
+                finally:
+                    self._active_cancel = None
+                    self._open = None
+                    self._lock.release()
 
-        return ReplyStream(events, cancel, finish)
+        self._open = OpenReply(events, cancel, finish)
+        return ReplyStream(self._open)
 
     def reply(self, message, **options: Any) -> Reply:
         """Generate the whole reply and return its text (and audio)."""
@@ -259,48 +244,16 @@ class OmniSession:
         return Reply(done.text, audio, chunks[0].sample_rate_hz if chunks else None, done)
 
     async def astream(self, message, **options: Any) -> AsyncIterator[Event]:
-        """Async variant of `stream`: generation runs in a worker thread; leaving the loop early
-        (break, aclose, task cancellation) cancels the reply."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
-        finished = object()
-        # Starting a reply reads and encodes the media: do it off the event loop too. If the caller
-        # gives up meanwhile, the stream that still starts is closed at once (freeing the session).
-        starting = loop.run_in_executor(None, functools.partial(self.stream, message, **options))
+        """Async variant of `stream`: the reply starts (media decoding, encoders) and runs in a worker
+        thread; leaving the loop early (break, aclose, task cancellation) cancels the reply, and the
+        iterator ends only once the worker has stopped, so the session is free for the next turn."""
+        reply = AsyncReply(functools.partial(self.stream, message, **options), cancel_start=self.cancel)
         try:
-            stream = await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            starting.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
-            raise
-
-        def produce() -> None:
-            try:
-                for event in stream:
-                    asyncio.run_coroutine_threadsafe(queue.put(event), loop).result()
-            except BaseException as exc:  # handed to the consumer
-                asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
-            finally:
-                stream.close()
-                asyncio.run_coroutine_threadsafe(queue.put(finished), loop)
-
-        worker = threading.Thread(target=produce, name="omni-reply", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = await queue.get()
-                if item is finished:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for event in reply.events():
+                yield event
         finally:
-            stream.cancel()
-            while worker.is_alive():
-                # drain so the producer is never stuck on a full queue while it stops
-                try:
-                    queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    await asyncio.sleep(0.005)
+            reply.cancel()
+            await reply.stopped()
 
     # ------------------------------------------------------------------------------------------
     # Internals
@@ -322,6 +275,7 @@ class OmniSession:
             use_audio_in_video=self.use_audio_in_video,
             limits=self.media_limits,
             continuation=continuing,
+            history=state.messages if continuing else None,
             prefix="\n" if continuing else "",
             prefix_ids=state.pending_token_ids if continuing else (),
             start_position=state.next_position,
@@ -333,30 +287,31 @@ class OmniSession:
             clock["encoders"] = time.perf_counter() - media_done
         return prompt, prepared.input_ids[0].tolist()
 
-    def _cache_for(self, new_tokens: int) -> KVCache:
-        state = self.state
+    def _cache_for(self, new_tokens: int, state: ConversationState) -> KVCache:
         limit = self.model.config.thinker.text.max_position_embeddings
         needed = (state.cache.length if state.cache is not None else 0) + new_tokens
         if state.next_position + new_tokens > limit:
-            raise InputError(
+            raise ContextLengthError(
                 f"the conversation would reach position {state.next_position + new_tokens}, past the model's "
-                f"limit of {limit}; reset the session or ask for fewer new tokens"
+                f"limit of {limit}; reset the session or ask for fewer new tokens",
+                needed_tokens=state.next_position + new_tokens, limit_tokens=limit,
             )
         if state.cache is None:
-            state.cache = self.model.model.thinker.model.new_cache(1, max(256, needed))
+            state.cache = self.model.model.thinker.model.new_cache(1, max(MIN_CACHE_TOKENS, needed))
         return state.cache
 
-    def _commit_turn(self, new_messages, prompt: ThinkerPrompt, prompt_ids, record: ReplyRecord, cache, length_before) -> None:
+    def _commit_turn(self, new_messages, prompt: ThinkerPrompt, prompt_ids, record: ReplyRecord, cache, length_before,
+                     state: ConversationState) -> None:
         """Record the finished (or cancelled) turn so the next one continues from it."""
-        state = self.state
         if cache.length < length_before + len(prompt_ids):
             return  # cancelled before the prompt was read: the turn never happened
         stop_ids = set(self.model.generation.eos_token_ids)
         im_end = self.model.tokenizer.token_id(IM_END)
         kept = list(record.fed_token_ids)
-        # The last sampled token was never fed. A stop token becomes the turn's <|im_end|>; any other
-        # (length limit, cancellation) was shown to the user and is fed before it.
-        kept_tail = [t for t in record.sampled_token_ids[-1:] if t not in stop_ids]
+        # The sampled tokens past the fed ones (the last sampled token; after a stop string, the
+        # re-encoded end of the shown text) were never fed. A stop token becomes the turn's
+        # <|im_end|>; any other (length limit, cancellation) was shown to the user and is fed before it.
+        kept_tail = [t for t in record.sampled_token_ids[len(kept):] if t not in stop_ids]
         cache.truncate(length_before + len(prompt_ids) + len(kept))
         state.fed_token_ids.extend(prompt_ids + kept)
         state.pending_token_ids = kept_tail + [im_end]
@@ -364,6 +319,33 @@ class OmniSession:
         state.messages.extend(new_messages)
         state.messages.append({"role": "assistant", "content": record.text})
         state.talker_context = record.talker_context
+        self._fit_cache(cache)
+
+    def _fit_cache(self, cache: KVCache) -> None:
+        """Give memory back after a turn that left the cache mostly empty (a long reply cut short by
+        a cancel or a stop, a one-off large max_new_tokens). The next turn reserves at least the
+        conversation plus max_new_tokens; keep room for twice that, and only reallocate when the
+        capacity is over 4x it, so a steady conversation never shrinks and regrows turn after turn.
+        (The Talker needs no such care: its context is rebuilt to its exact length every turn and
+        its cache lives for one reply.)"""
+        reserve = max(MIN_CACHE_TOKENS, cache.length + self.max_new_tokens)
+        if cache.capacity > SHRINK_ABOVE_RESERVE * reserve:
+            cache.shrink(2 * reserve)
+
+    def _settle_abandoned(self) -> None:
+        """Finish, on this thread, a reply whose stream was dropped without being closed (see
+        ReplyStream): it stops within one step and its turn is recorded."""
+        with self._guard:
+            reply = self._open
+            if reply is None or not reply.abandoned or reply.settling:
+                return
+            reply.settling = True
+        try:
+            reply.close()
+        except Exception:
+            # nobody listens to an abandoned reply any more; finish() still ran, so its turn is
+            # recorded as far as it got, and the call that settled it goes on as asked
+            pass
 
 
 def _as_messages(message: Any) -> list[dict[str, Any]]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from omni.demo.turn import Conversation, ReplySettings, describe_latency, media_kind
+from omni.demo.turn import KEPT_SPOKEN_TURNS, SPOKEN_TURN_GONE, Conversation, ReplySettings, describe_latency, media_kind
 from omni.errors import InputError
 
 GREEDY = dict(temperature=0.0, speak=False)
@@ -165,3 +166,46 @@ def test_spoken_reply_streams_audio_chunks_with_first_audio_latency(conversation
     assert updates[-1].first_audio_s is not None
     assert updates[-1].done.finish_reason in ("cancelled", "stop", "length")
     assert "first audio —" not in updates[-1].latency_text
+
+
+def _history_paths(conversation: Conversation) -> list[str]:
+    return [item["path"] for entry in conversation.history if isinstance(entry["content"], list)
+            for item in entry["content"] if isinstance(item, dict)]
+
+
+def test_spoken_turn_recordings_are_bounded_and_deleted_with_the_conversation(loaded, tmp_path):
+    shared = tmp_path / "media"  # the app gives every conversation the same dir
+    other = Conversation(loaded, media_dir=shared)
+    other.voice_turn(np.zeros(8000, np.float32))
+    conversation = Conversation(loaded, media_dir=shared)
+    noise = np.random.default_rng(0).uniform(-0.1, 0.1, 8000).astype(np.float32)
+    turns = KEPT_SPOKEN_TURNS + 4
+    for turn in range(turns):
+        message = conversation.voice_turn(noise * (turn + 1) / turns)
+        updates = run_reply(conversation, message, max_new_tokens=1, **GREEDY)
+        assert updates[-1].error is None, updates[-1].error  # the session could still read this turn's file
+        assert len(list(shared.iterdir())) <= KEPT_SPOKEN_TURNS + 1
+    assert len(list(shared.iterdir())) == KEPT_SPOKEN_TURNS + 1  # its last recordings and the other's one
+    # the chat names only files that exist (Gradio reads each one on every update); older turns say so
+    paths = _history_paths(conversation)
+    assert len(paths) == KEPT_SPOKEN_TURNS and all(Path(path).exists() for path in paths)
+    gone = [entry for entry in conversation.history if entry["content"] == [SPOKEN_TURN_GONE]]
+    assert len(gone) == turns - KEPT_SPOKEN_TURNS
+    assert len(conversation.session.messages) == 2 * turns  # the conversation itself still holds every turn
+    conversation.reset()
+    assert [p.name for p in shared.iterdir()] == [Path(_history_paths(other)[0]).name]  # only the other's
+    conversation.close()
+    assert shared.is_dir()  # a dir it was given is not its own to remove
+
+
+def test_a_conversation_without_a_media_dir_makes_a_private_one_and_removes_it(loaded):
+    conversation = Conversation(loaded)
+    conversation.voice_turn(np.zeros(8000, np.float32))
+    media_dir = conversation.media_dir
+    assert media_dir.is_dir() and len(list(media_dir.iterdir())) == 1
+    assert media_dir.stat().st_mode & 0o077 == 0  # nobody else can read the user's recordings
+    conversation.close()
+    assert not media_dir.exists()
+    conversation.voice_turn(np.zeros(8000, np.float32))  # still usable: a new private dir
+    assert conversation.media_dir.is_dir() and conversation.media_dir != media_dir
+    conversation.close()

@@ -173,3 +173,25 @@ def test_a_bf16_model_speaks_with_its_codec_in_fp32(tiny_checkpoint):
                                                        speech=_speech(max_codes=30))
     assert reply.audio.dtype == np.float32 and 0 < len(reply.audio) <= 30 * 480
     assert np.isfinite(reply.audio).all() and np.abs(reply.audio).max() > 0.01
+
+
+def test_a_spoken_turn_cut_short_keeps_no_spare_memory(model):
+    session = OmniSession(model, sampling=GREEDY)  # max_new_tokens 512 per turn by default
+    chunks = 0
+    for event in session.stream("Count slowly to one hundred.", return_audio=True, max_new_tokens=3000,
+                                speech=_speech(max_codes=400)):
+        chunks += isinstance(event, AudioChunk)
+        if chunks == 1:
+            session.cancel()
+    assert event.finish_reason == "cancelled"
+    state = session.state
+    # the Thinker's cache reserved 3000 new tokens for the turn; most of that went back
+    assert state.cache.capacity <= 2 * (state.cache.length + session.max_new_tokens) < 3000
+    # the Talker's view of the conversation is exactly as long as the conversation, in its own storage
+    embeds = state.talker_context.embeds
+    assert state.talker_context.length == len(state.fed_token_ids) == state.cache.length
+    assert embeds.untyped_storage().nbytes() == embeds.numel() * embeds.element_size()
+    follow = session.reply("Go on.", return_audio=True, max_new_tokens=5, speech=_speech(max_codes=30))
+    assert follow.done.finish_reason in ("stop", "length") and follow.audio is not None
+    session.reset()
+    assert session.state.cache is None and session.state.talker_context is None
