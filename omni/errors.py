@@ -19,6 +19,15 @@ class InputError(OmniError, ValueError):
     """A request is malformed or exceeds a configured limit (prompt length, media size, options)."""
 
 
+class ContextLengthError(InputError):
+    """A prompt plus the tokens asked for would not fit the model's context."""
+
+    def __init__(self, message: str, needed_tokens: int, limit_tokens: int) -> None:
+        super().__init__(message)
+        self.needed_tokens = needed_tokens
+        self.limit_tokens = limit_tokens
+
+
 class MediaError(InputError):
     """A media file (image, audio, video) cannot be read, decoded or accepted."""
 

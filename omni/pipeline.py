@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass, field
 
 from omni.events import AudioChunk, ReplyDone, TextDelta, Timings, Usage
@@ -22,7 +23,8 @@ from omni.kv_cache import KVCache
 from omni.loading import LoadedModel
 from omni.sampling import SamplingParams
 from omni.speech import SpeechOptions, SpeechStages, TalkerContext, resolve_voice
-from omni.thinker.generate import ThinkerPrompt, stream_thinker
+from omni.stop import StopText
+from omni.thinker.generate import ThinkerPrompt, ThinkerStep, stream_thinker
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class ReplyOptions:
     max_new_tokens: int = 512
     sampling: SamplingParams = SamplingParams()
     speech: SpeechOptions | None = None  # None: text only, the Talker never runs
+    stop: tuple[str, ...] = ()  # stop strings (see omni.stop): the reply ends before the first one
 
 
 @dataclass
@@ -91,6 +94,13 @@ def run_reply(
         pad_token_id=loaded.generation.pad_token_id,
         cache=cache,
     )
+    stops = StopText(options.stop) if options.stop else None
+    reply_chars = 0  # length of the detokenized reply text so far, stop strings included
+    token_text_ends: list[int] = []  # per sampled token: reply_chars once it was read
+    # With stop strings the Talker reads a reply token only once the token's text is decided (see
+    # omni.stop), so speech never says a stop string or a piece of one; a token that straddles the
+    # stop string's start is not spoken either. Without them every step goes to the Talker at once.
+    held_steps: deque[ThinkerStep] = deque()
     finish_reason = "length"
     try:
         while True:
@@ -106,17 +116,44 @@ def run_reply(
                 record.fed_token_ids.append(record.sampled_token_ids[-1])
             token = int(step.token_ids[0])
             record.sampled_token_ids.append(token)
+            delta = "" if token in stop_ids else detokenizer.push(token)
+            reply_chars += len(delta)
+            token_text_ends.append(reply_chars)
+            shown = stops.push(delta) if stops is not None else delta
             if speech is not None:
-                yield from speech.on_thinker_step(step, prompt)
+                held_steps.append(step)
+                decided = stops.decided if stops is not None else reply_chars
+                while held_steps and _step_decided(held_steps[0], token_text_ends, decided):
+                    yield from speech.on_thinker_step(held_steps.popleft(), prompt)
             if token in stop_ids:
                 finish_reason = "stop"
                 continue
-            delta = detokenizer.push(token)
-            if delta:
-                record.text += delta
+            if shown:
+                record.text += shown
                 if first_text_at is None:
                     first_text_at = time.perf_counter() - start
-                yield TextDelta(delta)
+                yield TextDelta(shown)
+            if stops is not None and stops.stopped:
+                finish_reason = "stop"
+                break
+        if finish_reason != "cancelled":
+            shown = detokenizer.flush()
+            if stops is not None:
+                shown = stops.push(shown) + ("" if stops.stopped else stops.flush())
+            if shown:
+                record.text += shown
+                yield TextDelta(shown)
+        generated_token_ids = list(record.sampled_token_ids)
+        if stops is not None and stops.decided < reply_chars:
+            # A stop string ended the reply (or a cancel came while text was held back): the
+            # conversation keeps exactly the text that was shown, and speech the tokens wholly in it.
+            if stops.stopped:
+                finish_reason = "stop"
+            kept_tokens = _keep_shown_text(loaded.tokenizer, record, token_text_ends)
+            held_steps = deque(s for s in held_steps if s.index <= kept_tokens)
+        if speech is not None and finish_reason != "cancelled":
+            while held_steps:
+                yield from speech.on_thinker_step(held_steps.popleft(), prompt)
         if speech is not None and speech.speaks and finish_reason != "cancelled":
             speech.finish_text()
             for chunk in speech.drain(cancel.is_set):
@@ -129,17 +166,15 @@ def run_reply(
             speech.close()
     if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
         _keep_spoken_part(loaded, record, speech.spoken_codes, stop_ids)
-    else:
-        tail = detokenizer.flush()
-        if tail and finish_reason != "cancelled":
-            record.text += tail
-            yield TextDelta(tail)
     record.finish_reason = finish_reason
+    # after a stop string, usage counts what was generated (the tokens cut off included); after a
+    # barge-in, what was kept
+    counted = generated_token_ids if stops is not None and stops.stopped else record.sampled_token_ids
+    text_tokens = len([t for t in counted if t not in stop_ids])
     if speech is not None:
         record.codec_codes = list(speech.talker.codes)
         record.talker_context = speech.context_after(len(record.fed_token_ids))
         speech = speech if speech.speaks else None
-    text_tokens = len([t for t in record.sampled_token_ids if t not in stop_ids])
     audio_s = speech.progress.samples_out / speech.sample_rate_hz if speech is not None else 0.0
     yield ReplyDone(
         text=record.text,
@@ -161,3 +196,36 @@ def _keep_spoken_part(loaded: LoadedModel, record: ReplyRecord, spoken_codes: in
     record.sampled_token_ids = reply[:keep]
     record.fed_token_ids = reply[: keep - 1]
     record.text = loaded.tokenizer.decode(reply[:keep])
+
+
+def _step_decided(step: ThinkerStep, token_text_ends: list[int], decided_chars: int) -> bool:
+    """Step k feeds the Talker reply token k - 1 (step 0 only the prompt): it may go once that
+    token's text lies wholly in the decided text."""
+    return step.index == 0 or token_text_ends[step.index - 1] <= decided_chars
+
+
+def _keep_shown_text(tokenizer, record: ReplyRecord, token_text_ends: list[int]) -> int:
+    """Make the record hold the reply only as far as `record.text` (the text shown, which ends
+    before a stop string). The tokens wholly inside that text stay in the Thinker's cache; the text of
+    a token straddling its end is encoded anew and fed before the next turn, so the conversation
+    continues from exactly the text the user saw. Returns how many sampled tokens lie wholly inside
+    the text (the ones the Talker may speak)."""
+    shown = record.text
+    whole = 0
+    while whole < len(token_text_ends) and token_text_ends[whole] <= len(shown):
+        whole += 1
+    prefix = tokenizer.decode(record.sampled_token_ids[:whole])
+    while whole and not shown.startswith(prefix):
+        # a token holding part of a character decodes to nothing until the next one: step back
+        whole -= 1
+        prefix = tokenizer.decode(record.sampled_token_ids[:whole])
+    remainder = tokenizer.encode(shown[len(prefix):]) if len(shown) > len(prefix) else []
+    tokens = record.sampled_token_ids[:whole]
+    if remainder:
+        record.fed_token_ids = tokens
+        record.sampled_token_ids = tokens + remainder
+    else:
+        # the last kept token becomes the reply's unfed last token, as after a length limit
+        record.fed_token_ids = tokens[:-1]
+        record.sampled_token_ids = tokens
+    return whole

@@ -4,6 +4,7 @@ exact pins, and benchmarks that need nothing from tests/."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -57,8 +58,12 @@ def test_benchmarks_import_nothing_from_tests():
 
 @pytest.mark.slow
 def test_the_wheel_installs_only_the_omni_namespace(tmp_path):
+    # built from a copy: setuptools writes build/ and *.egg-info next to the sources it builds
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".omni-cache", "build", "*.egg-info", "__pycache__", "ckpt"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("omni-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

@@ -89,21 +89,52 @@ class ServerStats:
 
 class TranscriptStore:
     """Transcripts of spoken replies by audio id, so a client can send a reply back as
-    {"role": "assistant", "audio": {"id": ...}} the way OpenAI's multi-turn audio works. Bounded in
-    count and age; only touched from the event loop."""
+    {"role": "assistant", "audio": {"id": ...}} the way OpenAI's multi-turn audio works.
 
-    def __init__(self, ttl_s: float, max_entries: int = 4096) -> None:
+    Bounded in count, in characters and in age. It belongs to the event loop: every call must come
+    from a coroutine or callback of the loop that first used it (requests look their ids up there
+    before their conversion moves to a worker thread). A call from any other thread raises at once
+    instead of racing the loop's writes."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 4096, max_chars: int = 16 * 1024 * 1024) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.chars = 0
+        # every entry lives ttl_s, so insertion order is expiry order: the oldest is always first
         self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def put(self, audio_id: str, transcript: str, expires_at_s: float) -> None:
+    def put(self, audio_id: str, transcript: str, expires_at_s: float, now_s: float) -> None:
+        self._check_thread()
+        self._drop(self._entries.pop(audio_id, None))
         self._entries[audio_id] = (expires_at_s, transcript)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self.chars += len(transcript)
+        while self._entries and (len(self._entries) > self.max_entries or self.chars > self.max_chars
+                                 or next(iter(self._entries.values()))[0] < now_s):
+            self._drop(self._entries.popitem(last=False)[1])
 
     def get(self, audio_id: str, now_s: float) -> str | None:
+        self._check_thread()
         entry = self._entries.get(audio_id)
         if entry is None or entry[0] < now_s:
             return None
         return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, entry: tuple[float, str] | None) -> None:
+        if entry is not None:
+            self.chars -= len(entry[1])
+
+    def _check_thread(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self._loop is None and loop is not None:
+            self._loop = loop
+        if loop is None or loop is not self._loop:
+            raise RuntimeError("TranscriptStore is used from outside its event loop (a worker thread?); look the "
+                               "transcripts up on the loop and hand the worker the result")

@@ -8,28 +8,31 @@ GET /stats (omni's counters: running, waiting, finished replies by finish reason
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import json
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from omni.async_reply import AsyncReply, ReplyOutcome
 from omni.encoders.limits import MediaLimits
 from omni.errors import AudioOutputUnavailable, OmniError, UnknownVoiceError
 from omni.events import AudioChunk, ReplyDone, TextDelta
 from omni.loading import LoadedModel
 from omni.server.admission import Admission, FinishedReply, ServerStats, Slot, TranscriptStore
 from omni.server.body_limit import BodyLimit
+from omni.server.conversion import OmniRequest, RequestLimits, audio_ids, to_omni_request
 from omni.server.errors import ApiError, error_body, from_omni_error, install_error_handlers
-from omni.server.generation import ReplyPump
 from omni.server.media_policy import MediaPolicy
-from omni.server.protocol import OmniRequest, parse_request, to_omni_request
+from omni.server.parsing import BodyParser
 from omni.server.responses import (
-    ChunkWriter, RequestClock, b64, completion_body, finish_reason, new_audio_id, new_completion_id, omni_extras,
+    ChunkWriter, RequestClock, b64, completion_body, finish_reason, json_bytes, new_audio_id, new_completion_id,
+    omni_extras,
 )
 from omni.session import OmniSession
 
@@ -39,6 +42,9 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The server's limits. The defaults suit a small machine; `omni serve` derives max_concurrent
+    from the memory it finds (see omni.server.memory and the README's HTTP server section)."""
+
     model_name: str
     max_concurrent: int = 4
     max_queue: int = 32
@@ -47,7 +53,9 @@ class ServerConfig:
     allow_private_remote: bool = False  # let remote media URLs reach loopback/private hosts (tests, trusted nets)
     default_max_tokens: int = 512
     max_tokens_limit: int = 8192
+    max_media_items: int = 16  # images, audio clips and videos in one request
     audio_ttl_s: int = 3600  # how long an audio id's transcript is kept for multi-turn requests
+    parser_workers: int = 2  # processes decoding large request bodies (see omni.server.parsing)
 
 
 class ServerState:
@@ -58,6 +66,10 @@ class ServerState:
         self.stats = ServerStats()
         self.transcripts = TranscriptStore(config.audio_ttl_s)
         self.policy = MediaPolicy(config.media_limits, config.allow_private_remote)
+        self.parser = BodyParser(config.parser_workers)
+        self.request_limits = RequestLimits(max_tokens=config.max_tokens_limit,
+                                            vocab_size=loaded.config.thinker.text.vocab_size,
+                                            max_media_items=config.max_media_items)
         # the loaders repeat the public-address check for every redirect the fetch follows
         self.media_limits = dataclasses.replace(config.media_limits,
                                                 public_remote_only=not config.allow_private_remote)
@@ -65,8 +77,17 @@ class ServerState:
 
 
 def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
-    app = FastAPI(title="omni", docs_url=None, redoc_url=None, openapi_url=None)
     state = ServerState(loaded, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.parser.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.parser.close)
+
+    app = FastAPI(title="omni", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.omni = state
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
@@ -87,54 +108,59 @@ def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         clock = RequestClock(received_s=time.perf_counter())
-        body = await request.body()
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-        parsed = parse_request(payload)
+        parsed = await state.parser.decode(await request.body())
         if parsed.model is not None and parsed.model != config.model_name:
             raise ApiError(404, f"model {parsed.model!r} does not exist; this server serves {config.model_name!r}",
                            code="model_not_found", param="model")
-        omni_request = await asyncio.to_thread(_convert, state, parsed)
+        now_s = time.time()
+        transcripts = {audio_id: transcript for audio_id in audio_ids(parsed)
+                       if (transcript := state.transcripts.get(audio_id, now_s)) is not None}
+        # media policy checks resolve host names: off the loop
+        omni_request = await asyncio.to_thread(to_omni_request, parsed, state.policy, transcripts,
+                                               state.request_limits)
+        _check_audio_output(loaded, omni_request)
         slot = await state.admission.acquire()
         clock.admitted_s = time.perf_counter()
+        run = _start_reply(state, omni_request, slot)
         try:
-            stream = await asyncio.to_thread(_start_reply, state, omni_request)
+            await run.started()  # media decoding and the encoders: bad media is a 400 before any byte is sent
         except BaseException:
-            slot.release()
+            run.cancel()  # the client left while it started: stop it (the slot comes back when it stopped)
             raise
-        pump = ReplyPump(stream, _on_finished(state, slot))
         reply = _Reply(state, omni_request, clock)
         if omni_request.stream:
-            return _SSEResponse(reply.sse(pump), on_close=pump.cancel, media_type="text/event-stream",
+            return _SSEResponse(reply.sse(run), on_close=run.cancel, media_type="text/event-stream",
                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return JSONResponse(await reply.whole(pump, request))
+        return Response(await reply.whole(run, request), media_type="application/json")
 
     return app
 
 
-def _convert(state: ServerState, parsed) -> OmniRequest:
-    now_s = time.time()
-    return to_omni_request(parsed, state.policy, lambda audio_id: state.transcripts.get(audio_id, now_s),
-                           state.config.max_tokens_limit)
-
-
-def _start_reply(state: ServerState, request: OmniRequest):
-    """Runs in a worker thread: media decoding and the encoders happen here, inside `stream()`."""
-    loaded = state.loaded
+def _check_audio_output(loaded: LoadedModel, request: OmniRequest) -> None:
     if request.return_audio and not loaded.audio_output:
         raise AudioOutputUnavailable("this server's model has no audio output (talker, token2wav or speakers are "
                                      "missing); ask for modalities [\"text\"]")
     if request.return_audio and request.voice is not None and request.voice not in loaded.voices:
         raise UnknownVoiceError(f"voice {request.voice!r} is not one of this model's voices: "
                                 f"{', '.join(loaded.voices)}")
+
+
+def _start_reply(state: ServerState, request: OmniRequest, slot: Slot) -> AsyncReply:
+    """The reply runs in its own worker thread: media decoding and the encoders happen there, inside
+    `stream()`. The slot is given back once that thread has stopped, however the reply ended."""
     options = {"system_prompt": request.system_prompt} if request.system_prompt is not None else {}
-    session = OmniSession(loaded, max_new_tokens=state.config.default_max_tokens,
-                          media_limits=state.media_limits, **options)
+    try:
+        session = OmniSession(state.loaded, max_new_tokens=state.config.default_max_tokens,
+                              media_limits=state.media_limits, **options)
+    except BaseException:
+        slot.release()
+        raise
     speech = _seeded_speech(request.sampling["seed"]) if request.return_audio and "seed" in request.sampling else None
-    return session.stream(request.messages, return_audio=request.return_audio, voice=request.voice,
-                          max_new_tokens=request.max_new_tokens, speech=speech, **request.sampling)
+    start = functools.partial(session.stream, request.messages, return_audio=request.return_audio,
+                              voice=request.voice, max_new_tokens=request.max_new_tokens, speech=speech,
+                              stop=request.stop, **request.sampling)
+    return AsyncReply(start, cancel_start=session.cancel, on_finished=_on_finished(state, slot),
+                      thread_name="omni-server-reply")
 
 
 def _seeded_speech(seed: int):
@@ -150,15 +176,17 @@ def _seeded_speech(seed: int):
 
 
 def _on_finished(state: ServerState, slot: Slot):
-    def finished(done: ReplyDone | None, error: BaseException | None) -> None:
+    def finished(outcome: ReplyOutcome) -> None:
         slot.release()
-        if done is not None:
-            tokens = done.usage.text_tokens + done.usage.codec_tokens
-            state.stats.record(FinishedReply(done.finish_reason, tokens))
+        if not outcome.started:
+            return  # refused input (an OmniError answered as 4xx), or a failure reported by the handler
+        if outcome.done is not None:
+            tokens = outcome.done.usage.text_tokens + outcome.done.usage.codec_tokens
+            state.stats.record(FinishedReply(outcome.done.finish_reason, tokens))
         else:
             state.stats.record(FinishedReply("error", 0))
-            if error is not None and not isinstance(error, OmniError):
-                log.error("reply failed: %r", error)
+            if outcome.error is not None and not isinstance(outcome.error, OmniError):
+                log.error("reply failed: %r", outcome.error)
     return finished
 
 
@@ -184,13 +212,13 @@ class _Reply:
                 self.clock.first_audio_s = now_s
             self.sample_rate_hz = event.sample_rate_hz
 
-    async def sse(self, pump: ReplyPump) -> AsyncIterator[bytes]:
+    async def sse(self, run: AsyncReply) -> AsyncIterator[bytes]:
         writer = ChunkWriter(self.completion_id, self.created_s, self.state.config.model_name)
         audio_id = self.audio_id
         done: ReplyDone | None = None
         try:
             yield writer.chunk({"role": "assistant"} if audio_id else {"role": "assistant", "content": ""})
-            async for event in pump.events():
+            async for event in run.events():
                 self._observe(event)
                 if isinstance(event, TextDelta):
                     delta = {"audio": {"id": audio_id, "transcript": event.text}} if audio_id else {"content": event.text}
@@ -200,7 +228,7 @@ class _Reply:
                 elif isinstance(event, ReplyDone):
                     done = event
             if audio_id and done is not None:
-                self.state.transcripts.put(audio_id, done.text, self.expires_at_s)
+                self.state.transcripts.put(audio_id, done.text, self.expires_at_s, time.time())
                 yield writer.chunk({"audio": {"id": audio_id, "expires_at": self.expires_at_s}})
             yield writer.chunk({}, finish_reason(done), omni=omni_extras(done, self.clock, self.sample_rate_hz))
             if self.request.include_usage and done is not None:
@@ -213,15 +241,16 @@ class _Reply:
             log.exception("streamed reply failed")
             yield writer.event(error_body(500, f"internal server error ({type(exc).__name__})", "server_error"))
         finally:
-            pump.cancel()  # a client that left (or any early exit) stops the generation
+            run.cancel()  # a client that left (or any early exit) stops the generation
         yield writer.done()
 
-    async def whole(self, pump: ReplyPump, request: Request) -> dict:
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, pump))
+    async def whole(self, run: AsyncReply, request: Request) -> bytes:
+        """The whole reply's JSON body."""
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
         chunks: list[AudioChunk] = []
         done: ReplyDone | None = None
         try:
-            async for event in pump.events():
+            async for event in run.events():
                 self._observe(event)
                 if isinstance(event, AudioChunk):
                     chunks.append(event)
@@ -229,15 +258,22 @@ class _Reply:
                     done = event
         finally:
             watcher.cancel()
-            pump.cancel()
-        assert done is not None  # the pump ends with ReplyDone or raises
+            run.cancel()
+        assert done is not None  # the events end with ReplyDone or raise
+        if self.audio_id is not None:
+            self.state.transcripts.put(self.audio_id, done.text, self.expires_at_s, time.time())
+        extras = omni_extras(done, self.clock, self.sample_rate_hz)
+        # A spoken reply's WAV, its base64 and the JSON around it are megabytes: built in a thread (in
+        # slices, so the loop gets the GIL between them) rather than on the event loop.
+        return await asyncio.to_thread(self._whole_body, done, chunks, extras)
+
+    def _whole_body(self, done: ReplyDone, chunks: list[AudioChunk], extras: dict) -> bytes:
         audio = None
         if self.audio_id is not None:
             audio = {"id": self.audio_id, "data": b64(_encode_audio(chunks, self.request.audio_format)),
                      "expires_at": self.expires_at_s, "transcript": done.text}
-            self.state.transcripts.put(self.audio_id, done.text, self.expires_at_s)
-        extras = omni_extras(done, self.clock, self.sample_rate_hz)
-        return completion_body(self.completion_id, self.created_s, self.state.config.model_name, done, audio, extras)
+        return json_bytes(completion_body(self.completion_id, self.created_s, self.state.config.model_name, done,
+                                          audio, extras))
 
 
 def _encode_audio(chunks: list[AudioChunk], audio_format: str) -> bytes:
@@ -251,12 +287,12 @@ def _encode_audio(chunks: list[AudioChunk], audio_format: str) -> bytes:
     return wav_bytes(samples, chunks[0].sample_rate_hz if chunks else 24000)
 
 
-async def _cancel_on_disconnect(request: Request, pump: ReplyPump) -> None:
+async def _cancel_on_disconnect(request: Request, run: AsyncReply) -> None:
     """A non-streamed request whose client leaves stops its generation too."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            pump.cancel()
+            run.cancel()
             return
 
 

@@ -44,13 +44,15 @@ class BodyLimit:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        replayed = False
+        # joined once and the pieces dropped: the body is held once, not twice, while the request runs
+        body: bytes | None = b"".join(chunks)
+        chunks.clear()
 
         async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            nonlocal body
+            if body is not None:
+                message, body = {"type": "http.request", "body": body, "more_body": False}, None
+                return message
             return await receive()
 
         await self.app(scope, replay, send)

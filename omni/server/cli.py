@@ -6,6 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+STATIC_MAX_CONCURRENT = 4  # without a model to measure (tests, `config_from_args(args)`)
+STATIC_MAX_QUEUE = 32
+DEFAULT_MAX_VIDEO_SECONDS = 600.0  # 10 min: 768 frames at 2 fps cover 384 s; see the README
+EXTRA_CONNECTIONS = 8  # beyond running + waiting requests: /health, /stats, requests being parsed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint directory or hub id")
@@ -16,11 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the checkpoint "
                                                                    "directory's name)")
     parser.add_argument("--text-only", action="store_true", help="load without the talker/token2wav (no audio out)")
-    parser.add_argument("--max-concurrent", type=int, default=4, help="generations running at once")
-    parser.add_argument("--max-queue", type=int, default=32, help="requests waiting for a slot; more get 429")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="generations running at once (default: what the free memory holds, 1 to 8)")
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="requests waiting for a slot; more get 429 (default: what 25%% of free memory holds, "
+                             "at most 32)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (413 above)")
     parser.add_argument("--max-tokens-limit", type=int, default=8192, help="largest max_tokens a request may ask")
     parser.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
+    parser.add_argument("--max-media-items", type=int, default=16, help="images, audio clips and videos per request")
     parser.add_argument("--media-root", default=None, help="serve local media paths / file:// URLs under DIR only "
                                                             "(default: local paths are refused)")
     parser.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) media URLs")
@@ -29,18 +38,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote-timeout-s", type=float, default=10.0)
     parser.add_argument("--max-remote-mb", type=float, default=64.0)
     parser.add_argument("--max-audio-seconds", type=float, default=300.0, help="longest audio clip accepted")
-    parser.add_argument("--max-video-seconds", type=float, default=3600.0, help="longest video accepted")
+    parser.add_argument("--max-video-seconds", type=float, default=DEFAULT_MAX_VIDEO_SECONDS,
+                        help="longest video accepted (bounds its decoding time)")
+    parser.add_argument("--max-video-total-pixels", type=int, default=None,
+                        help="a video's frames after resizing, all together (default: what the model's context "
+                             "can hold, at most qwen-omni-utils' budget)")
     parser.add_argument("--max-image-source-pixels", type=int, default=None, help="largest decoded image accepted")
     parser.add_argument("--log-level", default="info")
 
 
-def config_from_args(args: argparse.Namespace, model_path: Path | None = None):
+def config_from_args(args: argparse.Namespace, model_path: Path | None = None, loaded=None):
+    """The server's config. With the loaded model, what the arguments leave open is derived from it
+    and from the machine's free memory (see omni.server.memory); without it, the static defaults."""
     from omni.encoders.limits import MIB, MediaLimits
     from omni.server.app import ServerConfig
+    from omni.server.memory import video_pixels_for_context
 
+    for name in ("max_concurrent", "max_queue", "max_media_items", "max_tokens_limit", "default_max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name != "max_queue" else 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
     overrides = {}
     if args.max_image_source_pixels is not None:
         overrides["max_image_source_pixels"] = args.max_image_source_pixels
+    if args.max_video_total_pixels is not None:
+        overrides["max_video_total_pixels"] = args.max_video_total_pixels
+    elif loaded is not None:
+        context = loaded.config.thinker.text.max_position_embeddings
+        overrides["max_video_total_pixels"] = min(MediaLimits.max_video_total_pixels, video_pixels_for_context(context))
     limits = MediaLimits(
         allow_remote=args.allow_remote_media, remote_timeout_s=args.remote_timeout_s,
         max_remote_bytes=int(args.max_remote_mb * MIB),
@@ -48,12 +73,39 @@ def config_from_args(args: argparse.Namespace, model_path: Path | None = None):
         max_audio_seconds=args.max_audio_seconds, max_video_seconds=args.max_video_seconds, **overrides,
     )
     name = args.served_model_name or (model_path or Path(str(args.model))).name
+    max_body_bytes = int(args.max_body_mb * MIB)
+    max_concurrent, max_queue = args.max_concurrent, args.max_queue
+    if loaded is not None and (max_concurrent is None or max_queue is None):
+        derived = _derived_slots(loaded, max_body_bytes, limits, args.max_media_items)
+        max_concurrent = derived[0] if max_concurrent is None else max_concurrent
+        max_queue = derived[1] if max_queue is None else max_queue
     return ServerConfig(
-        model_name=name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-        max_body_bytes=int(args.max_body_mb * MIB), media_limits=limits,
+        model_name=name, max_concurrent=max_concurrent or STATIC_MAX_CONCURRENT,
+        max_queue=STATIC_MAX_QUEUE if max_queue is None else max_queue,
+        max_body_bytes=max_body_bytes, media_limits=limits,
         allow_private_remote=args.allow_private_media_urls, default_max_tokens=args.default_max_tokens,
-        max_tokens_limit=args.max_tokens_limit,
+        max_tokens_limit=args.max_tokens_limit, max_media_items=args.max_media_items,
     )
+
+
+def _derived_slots(loaded, max_body_bytes: int, limits, max_media_items: int) -> tuple[int, int]:
+    from omni.server.memory import derived_limits, device_free_bytes, host_free_bytes, plan_for
+
+    host = host_free_bytes()
+    if host is None:
+        return STATIC_MAX_CONCURRENT, STATIC_MAX_QUEUE
+    plan = plan_for(loaded, max_body_bytes, limits, max_media_items)
+    return derived_limits(plan, host, device_free_bytes(loaded.device))
+
+
+def memory_report(loaded, config) -> list[str]:
+    """What `omni serve` prints about memory at startup: the per-request costs, and warnings."""
+    from omni.server.memory import device_free_bytes, fit_warnings, host_free_bytes, plan_for
+
+    plan = plan_for(loaded, config.max_body_bytes, config.media_limits, config.max_media_items)
+    host, device = host_free_bytes(), device_free_bytes(loaded.device)
+    lines = [f"memory {plan.describe()}; {config.max_concurrent} running, {config.max_queue} waiting"]
+    return lines + [f"warning: {w}" for w in fit_warnings(plan, config.max_concurrent, config.max_queue, host, device)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,9 +121,18 @@ def run(args: argparse.Namespace) -> int:
     from omni.warmup import warm_up
 
     print(f"omni serve: warmed up in {warm_up(loaded):.1f}s", file=sys.stderr)
-    config = config_from_args(args, loaded.path)
+    try:
+        config = config_from_args(args, loaded.path, loaded)
+    except ValueError as exc:
+        print(f"omni serve: {exc}", file=sys.stderr)
+        return 2
+    for line in memory_report(loaded, config):
+        print(f"omni serve: {line}", file=sys.stderr)
     app = create_app(loaded, config)
     print(f"omni serve: {config.model_name} on http://{args.host}:{args.port}/v1 (audio output: "
           f"{'yes, voices ' + ', '.join(loaded.voices) if loaded.audio_output else 'no'})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # Connections beyond running + waiting + a few for /health and /stats get 503 from uvicorn before
+    # their bodies are read: the bodies held in memory are bounded, not only the generations.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                limit_concurrency=config.max_concurrent + config.max_queue + EXTRA_CONNECTIONS)
     return 0

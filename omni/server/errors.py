@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omni.errors import AudioOutputUnavailable, InputError, MediaError, OmniError, UnknownVoiceError
+from omni.errors import AudioOutputUnavailable, ContextLengthError, InputError, MediaError, OmniError, UnknownVoiceError
 
 log = logging.getLogger("omni.server")
 
@@ -41,6 +41,10 @@ class ApiError(Exception):
         self.code = code
         self.param = param
 
+    def __reduce__(self):
+        # raised in the request-parsing process and re-raised here: keep every field across pickling
+        return ApiError, (self.status_code, self.message, self.code, self.param)
+
     def body(self) -> dict:
         return error_body(self.status_code, self.message, self.code, self.param)
 
@@ -59,6 +63,10 @@ def from_omni_error(exc: OmniError) -> ApiError:
         return ApiError(400, str(exc), code="unknown_voice", param="audio.voice")
     if isinstance(exc, AudioOutputUnavailable):
         return ApiError(400, str(exc), code="audio_output_unavailable", param="modalities")
+    if isinstance(exc, ContextLengthError):
+        return ApiError(400, f"the prompt and max_tokens need {exc.needed_tokens} tokens of context, over the "
+                             f"model's limit of {exc.limit_tokens}; shorten the messages or lower max_tokens",
+                        code="context_length_exceeded", param="messages")
     if isinstance(exc, MediaError):
         return ApiError(400, str(exc), code="invalid_media", param="messages")
     if isinstance(exc, InputError):

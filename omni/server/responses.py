@@ -29,8 +29,21 @@ def new_audio_id() -> str:
     return f"audio_{uuid.uuid4().hex}"
 
 
+B64_SLICE_BYTES = 3 * 256 * 1024  # a multiple of 3: the slices' base64 joins without padding
+
+
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    """Base64 in slices of ~1 ms each: between them a thread gives the GIL back to the event loop."""
+    if len(data) <= B64_SLICE_BYTES:
+        return base64.b64encode(data).decode("ascii")
+    view = memoryview(data)
+    return "".join(base64.b64encode(view[start:start + B64_SLICE_BYTES]).decode("ascii")
+                   for start in range(0, len(data), B64_SLICE_BYTES))
+
+
+def json_bytes(body: dict[str, Any]) -> bytes:
+    """A JSON response body, as FastAPI's JSONResponse renders it."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def finish_reason(done: ReplyDone | None) -> str:

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.omni.server.conftest import b64_file, data_uri
+from tests.omni.server.conftest import data_uri
 
 MIB = 1024 * 1024
 
