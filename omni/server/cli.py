@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from omni.encoders.limits import MediaLimits
+from omni.errors import InputError
+
 STATIC_MAX_CONCURRENT = 4  # without a model to measure (tests, `config_from_args(args)`)
 STATIC_MAX_QUEUE = 32
 DEFAULT_MAX_VIDEO_SECONDS = 600.0  # 10 min: 768 frames at 2 fps cover 384 s; see the README
@@ -44,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a video's frames after resizing, all together (default: what the model's context "
                              "can hold, at most qwen-omni-utils' budget)")
     parser.add_argument("--max-image-source-pixels", type=int, default=None, help="largest decoded image accepted")
+    parser.add_argument("--max-decode-seconds", type=float, default=MediaLimits.max_decode_seconds,
+                        help="wall-clock budget for reading and decoding one request's media")
     parser.add_argument("--log-level", default="info")
 
 
@@ -57,7 +62,7 @@ def config_from_args(args: argparse.Namespace, model_path: Path | None = None, l
     for name in ("max_concurrent", "max_queue", "max_media_items", "max_tokens_limit", "default_max_tokens"):
         value = getattr(args, name)
         if value is not None and value < (1 if name != "max_queue" else 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
+            raise InputError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
     overrides = {}
     if args.max_image_source_pixels is not None:
         overrides["max_image_source_pixels"] = args.max_image_source_pixels
@@ -70,7 +75,8 @@ def config_from_args(args: argparse.Namespace, model_path: Path | None = None, l
         allow_remote=args.allow_remote_media, remote_timeout_s=args.remote_timeout_s,
         max_remote_bytes=int(args.max_remote_mb * MIB),
         media_root=Path(args.media_root).resolve() if args.media_root else None,
-        max_audio_seconds=args.max_audio_seconds, max_video_seconds=args.max_video_seconds, **overrides,
+        max_audio_seconds=args.max_audio_seconds, max_video_seconds=args.max_video_seconds,
+        max_decode_seconds=args.max_decode_seconds, **overrides,
     )
     name = args.served_model_name or (model_path or Path(str(args.model))).name
     max_body_bytes = int(args.max_body_mb * MIB)

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from omni.cli import build_parser
+from omni.errors import InputError
 from omni.server.cli import config_from_args
 
 REPO = Path(__file__).resolve().parents[3]
@@ -21,16 +23,19 @@ def test_serve_arguments_become_the_config(tmp_path):
     args = build_parser().parse_args([
         "serve", "ckpt/tiny", "--max-concurrent", "3", "--max-queue", "5", "--max-body-mb", "1.5",
         "--media-root", str(tmp_path), "--allow-remote-media", "--max-audio-seconds", "30",
-        "--max-image-source-pixels", "4000000"])
+        "--max-image-source-pixels", "4000000", "--max-decode-seconds", "45"])
     config = config_from_args(args)
     assert (config.model_name, config.max_concurrent, config.max_queue) == ("tiny", 3, 5)
     assert config.max_body_bytes == int(1.5 * 1024 * 1024) and not config.allow_private_remote
     limits = config.media_limits
     assert limits.allow_remote and limits.media_root == tmp_path.resolve()
     assert (limits.max_audio_seconds, limits.max_image_source_pixels) == (30.0, 4_000_000)
+    assert limits.max_decode_seconds == 45.0
     closed = config_from_args(build_parser().parse_args(["serve", "ckpt/tiny", "--served-model-name", "omni"]))
     assert closed.model_name == "omni" and closed.media_limits.media_root is None
     assert not closed.media_limits.allow_remote
+    with pytest.raises(InputError, match="--max-concurrent must be >= 1"):
+        config_from_args(build_parser().parse_args(["serve", "ckpt/tiny", "--max-concurrent", "0"]))
 
 
 def test_serve_command_answers_over_http(tiny_checkpoint):
