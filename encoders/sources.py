@@ -14,6 +14,7 @@ import binascii
 import io
 import os
 import stat
+import threading
 import urllib.parse
 import weakref
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class _OpenedFile:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.seek_lock = threading.Lock()  # where os.pread is missing (Windows): seek + read as one step
         self._closer = weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
@@ -60,7 +62,13 @@ class _PositionalReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        chunk = os.pread(self._opened.fd, len(buffer), self._position)
+        fd = self._opened.fd
+        if hasattr(os, "pread"):
+            chunk = os.pread(fd, len(buffer), self._position)
+        else:
+            with self._opened.seek_lock:
+                os.lseek(fd, self._position, os.SEEK_SET)
+                chunk = os.read(fd, len(buffer))
         buffer[: len(chunk)] = chunk
         self._position += len(chunk)
         return len(chunk)

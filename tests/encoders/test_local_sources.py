@@ -128,7 +128,10 @@ def test_every_decoder_reads_the_file_that_was_opened(tree):
         load_video("clip.webm", MediaLimits(media_root=root))
 
 
-def test_readers_of_one_source_keep_their_own_positions(media):
+@pytest.mark.parametrize("pread", [True, False], ids=["pread", "seek-and-read"])
+def test_readers_of_one_source_keep_their_own_positions(media, monkeypatch, pread):
+    if not pread:  # Windows has no os.pread: readers take turns seeking the shared descriptor
+        monkeypatch.delattr(os, "pread")
     source = resolve_source(str(media.image_png), MediaLimits(), "image")
     data = media.image_png.read_bytes()
     first, second = source.open(), source.open()
