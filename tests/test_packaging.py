@@ -4,6 +4,8 @@ exact pins, and benchmarks that need nothing from tests/."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -38,13 +40,47 @@ def test_every_package_of_the_tree_is_installed_and_under_omni():
 
 def test_torch_is_a_range_and_the_tested_versions_are_constraints():
     dependencies = PYPROJECT["project"]["dependencies"]
-    torch_requirement = next(d for d in dependencies if d.startswith("torch"))
-    assert "==" not in torch_requirement and ">=" in torch_requirement
-    assert not any(d.startswith("torchvision") for d in dependencies)  # the runtime never imports it
+    for name in ("torch", "torchvision"):
+        requirement = next(d for d in dependencies if re.split(r"[<>=!~; ]", d, maxsplit=1)[0] == name)
+        assert "==" not in requirement and ">=" in requirement, requirement
     constraints = (REPO / "constraints.txt").read_text()
     assert "torch==" in constraints and "torchvision==" in constraints
     for command in ((REPO / ".ci/run").read_text(), (REPO / "README.md").read_text().split("```bash", 2)[1]):
         assert "-c constraints.txt" in command
+
+
+# What installs without extras: the runtime. The surfaces and tools below need their extras.
+EXTRA_FOLDERS = {"omni/tools", "omni/server", "omni/eval", "demo"}
+
+
+def _imported_top_level_names(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function (lazy imports count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_runtime_imports_only_declared_dependencies():
+    declared = {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+                for requirement in PYPROJECT["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for folder in ("omni", "encoders", "talker"):
+        for path in (REPO / folder).rglob("*.py"):
+            relative = path.relative_to(REPO).as_posix()
+            if any(relative.startswith(extra + "/") for extra in EXTRA_FOLDERS):
+                continue
+            for name in _imported_top_level_names(path):
+                if name in sys.stdlib_module_names or name in ("omni", "__future__"):
+                    continue
+                owners = {owner.lower().replace("_", "-") for owner in distributions.get(name, [name])}
+                if not owners & declared:
+                    undeclared.setdefault(name, []).append(relative)
+    assert not undeclared, f"imported by the runtime but not in [project] dependencies: {undeclared}"
 
 
 def test_benchmarks_import_nothing_from_tests():
