@@ -128,6 +128,12 @@ def load_speakers(directory: Path) -> dict[str, dict[str, torch.Tensor | int]] |
     return speakers
 
 
+# Where a checkpoint's chat template may be, in the order transformers looks: (file, JSON key; None for
+# a file that is the template itself).
+CHAT_TEMPLATE_SOURCES = (("processor_config.json", "chat_template"), ("chat_template.json", "chat_template"),
+                         ("chat_template.jinja", None), ("tokenizer_config.json", "chat_template"))
+
+
 def read_chat_template(directory: Path) -> tuple[str, Path] | None:
     """The checkpoint's chat template text and the file it came from, or None when it ships none.
 
@@ -135,8 +141,7 @@ def read_chat_template(directory: Path) -> tuple[str, Path] | None:
     the legacy chat_template.json that the Qwen2.5-Omni hub repos ship, then chat_template.jinja) and
     then where the tokenizer does (tokenizer_config.json's "chat_template"). Of named templates the
     one called "default" is the chat template."""
-    for name, key in (("processor_config.json", "chat_template"), ("chat_template.json", "chat_template"),
-                      ("chat_template.jinja", None), ("tokenizer_config.json", "chat_template")):
+    for name, key in CHAT_TEMPLATE_SOURCES:
         path = directory / name
         if not path.is_file():
             continue

@@ -17,14 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omni.checkpoint import weight_files
+from omni.checkpoint import CHAT_TEMPLATE_SOURCES, weight_files
 from omni.loading import LoadedModel
 from omni.sampling import SamplingParams
 
 FINGERPRINT = "run.json"
-# Files whose bytes decide what the model says (tokenizer and chat template included).
-_MODEL_TEXT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                     "chat_template.json", "chat_template.jinja")
+# Files whose bytes decide what the model says: configs, the tokenizer, and every file a chat
+# template may be read from (the loader's own list).
+_MODEL_TEXT_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                     *(name for name, _ in CHAT_TEMPLATE_SOURCES))
 _WEIGHT_SAMPLE_BYTES = 64 * 1024
 # Where each weight file is sampled, as fractions of its size: the safetensors header (names, shapes,
 # offsets) sits at the start, and any fine-tune changes the values everywhere.

@@ -131,3 +131,18 @@ def test_cli_refuses_a_mixed_resume_in_one_line(tiny_checkpoint, manifest, tmp_p
     restarted = evaluate("--max-new-tokens", "6", "--restart")
     assert restarted.returncode == 0, restarted.stderr
     assert json.loads((tmp_path / "run.json").read_text())["max_new_tokens"] == 6
+
+
+@pytest.mark.parametrize("template_file", ["processor_config.json", "chat_template.json", "tokenizer_config.json"])
+def test_a_changed_chat_template_is_another_model(tiny_checkpoint, tmp_path, template_file):
+    """Every file the loader may read the chat template from counts (it changes every prompt)."""
+    from omni.eval.fingerprint import model_digest
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, copy)
+    before = model_digest(copy)
+    path = copy / template_file
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    raw["chat_template"] = "{{ messages[0]['content'] }}"
+    path.write_text(json.dumps(raw))
+    assert model_digest(copy) != before
