@@ -52,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse counts out of range before anything is loaded (InputError naming the option)."""
+    for name in ("max_concurrent", "max_queue", "max_media_items", "max_tokens_limit", "default_max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name != "max_queue" else 0):
+            raise InputError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
+
+
 def config_from_args(args: argparse.Namespace, model_path: Path | None = None, loaded=None):
     """The server's config. With the loaded model, what the arguments leave open is derived from it
     and from the machine's free memory (see omni.server.memory); without it, the static defaults."""
@@ -59,10 +67,7 @@ def config_from_args(args: argparse.Namespace, model_path: Path | None = None, l
     from omni.server.app import ServerConfig
     from omni.server.memory import video_pixels_for_context
 
-    for name in ("max_concurrent", "max_queue", "max_media_items", "max_tokens_limit", "default_max_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < (1 if name != "max_queue" else 0):
-            raise InputError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
+    check_arguments(args)
     overrides = {}
     if args.max_image_source_pixels is not None:
         overrides["max_image_source_pixels"] = args.max_image_source_pixels
@@ -123,15 +128,12 @@ def run(args: argparse.Namespace) -> int:
     if args.media_root and not Path(args.media_root).is_dir():
         print(f"omni serve: --media-root {args.media_root!r} is not a directory", file=sys.stderr)
         return 2
+    check_arguments(args)  # before the model loads: a typo must not cost a 7B load to report
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False if args.text_only else None)
     from omni.warmup import warm_up
 
     print(f"omni serve: warmed up in {warm_up(loaded):.1f}s", file=sys.stderr)
-    try:
-        config = config_from_args(args, loaded.path, loaded)
-    except ValueError as exc:
-        print(f"omni serve: {exc}", file=sys.stderr)
-        return 2
+    config = config_from_args(args, loaded.path, loaded)
     for line in memory_report(loaded, config):
         print(f"omni serve: {line}", file=sys.stderr)
     app = create_app(loaded, config)

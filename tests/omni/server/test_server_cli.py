@@ -65,3 +65,10 @@ def test_serve_command_answers_over_http(tiny_checkpoint):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_bad_count_is_refused_before_the_model_loads(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "omni.cli", "serve", str(tmp_path / "no-model"), "--max-queue", "-1"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert "--max-queue must be >= 0" in result.stderr and "Traceback" not in result.stderr
