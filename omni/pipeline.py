@@ -57,6 +57,160 @@ class StageClock:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
+class ReplyRun:
+    """One reply's logic between model steps, as explicit state: it reads Thinker steps (text,
+    stop strings, what the Talker may read) and hands out events; it runs no Thinker forward, so
+    the same logic serves a reply run alone (`run_reply`) and one row of the engine's batch.
+
+    Order of calls: `on_thinker_step` per step until `text_done`; then `end_text`; with speech, the
+    Talker steps and codec (`speech.advance` / `speech.drain` alone, the engine's batches
+    otherwise); `cancel` at any point; `close`; `done` last."""
+
+    def __init__(self, loaded: LoadedModel, prompt: ThinkerPrompt, options: ReplyOptions, record: ReplyRecord,
+                 started_at: float | None = None, stage_s: dict[str, float] | None = None,
+                 talker_history: TalkerContext | None = None) -> None:
+        self.loaded = loaded
+        self.prompt = prompt
+        self.options = options
+        self.record = record
+        self.start = started_at if started_at is not None else time.perf_counter()
+        self.clock = StageClock()
+        for stage, seconds in (stage_s or {}).items():
+            self.clock.add(stage, seconds)
+        self.speech: SpeechStages | None = None
+        if options.speech is not None:
+            voice = resolve_voice(loaded, options.speech.voice)
+            self.speech = SpeechStages(loaded, options.speech, talker_history, self.clock, self.start, voice)
+        elif loaded.audio_output:
+            # text only: the Talker never runs, but the turn is remembered for a later spoken one
+            self.speech = SpeechStages(loaded, SpeechOptions(), talker_history, self.clock, self.start, voice=None)
+        self.first_text_at: float | None = None
+        self.detokenizer = loaded.tokenizer.detokenizer()
+        self.stop_ids = set(loaded.generation.eos_token_ids)
+        self.stops = StopText(options.stop) if options.stop else None
+        self.reply_chars = 0  # length of the detokenized reply text so far, stop strings included
+        self.token_text_ends: list[int] = []  # per sampled token: reply_chars once it was read
+        # With stop strings the Talker reads a reply token only once the token's text is decided (see
+        # omni.stop), so speech never says a stop string or a piece of one; a token that straddles the
+        # stop string's start is not spoken either. Without them every step goes to the Talker at once.
+        self.held_steps: deque[ThinkerStep] = deque()
+        self.finish_reason = "length"
+        self.text_done = False  # the Thinker has nothing more to do for this reply
+        self.generated_token_ids: list[int] | None = None
+
+    @property
+    def speaks(self) -> bool:
+        return self.speech is not None and self.speech.speaks
+
+    def on_thinker_step(self, step: ThinkerStep) -> list[TextDelta]:
+        """Read one Thinker step (step 0: the prefill). Sets `text_done` once the reply's text has
+        ended: a stop token, a stop string, or `max_new_tokens` steps."""
+        record, stops = self.record, self.stops
+        if step.index > 0:
+            record.fed_token_ids.append(record.sampled_token_ids[-1])
+        token = int(step.token_ids[0])
+        record.sampled_token_ids.append(token)
+        delta = "" if token in self.stop_ids else self.detokenizer.push(token)
+        self.reply_chars += len(delta)
+        self.token_text_ends.append(self.reply_chars)
+        shown = stops.push(delta) if stops is not None else delta
+        if self.speech is not None:
+            self.held_steps.append(step)
+            decided = stops.decided if stops is not None else self.reply_chars
+            while self.held_steps and _step_decided(self.held_steps[0], self.token_text_ends, decided):
+                self.speech.on_thinker_step(self.held_steps.popleft(), self.prompt)
+        if step.index + 1 >= self.options.max_new_tokens:
+            self.text_done = True
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+            self.text_done = True
+            return []
+        events = []
+        if shown:
+            record.text += shown
+            if self.first_text_at is None:
+                self.first_text_at = time.perf_counter() - self.start
+            events.append(TextDelta(shown))
+        if stops is not None and stops.stopped:
+            self.finish_reason = "stop"
+            self.text_done = True
+        return events
+
+    def end_text(self) -> list[TextDelta]:
+        """The Thinker has finished this reply: the text's held-back end, and the Talker learns
+        that the text is complete."""
+        self.text_done = True
+        record, stops = self.record, self.stops
+        events = []
+        shown = self.detokenizer.flush()
+        if stops is not None:
+            shown = stops.push(shown) + ("" if stops.stopped else stops.flush())
+        if shown:
+            record.text += shown
+            events.append(TextDelta(shown))
+        self._settle_text()
+        if self.speech is not None:
+            while self.held_steps:
+                self.speech.on_thinker_step(self.held_steps.popleft(), self.prompt)
+            if self.speech.speaks:
+                self.speech.finish_text()
+        return events
+
+    def _settle_text(self) -> None:
+        self.generated_token_ids = list(self.record.sampled_token_ids)
+        stops = self.stops
+        if stops is not None and stops.decided < self.reply_chars:
+            # A stop string ended the reply (or a cancel came while text was held back): the
+            # conversation keeps exactly the text that was shown, and speech the tokens wholly in it.
+            if stops.stopped:
+                self.finish_reason = "stop"
+            kept_tokens = _keep_shown_text(self.loaded.tokenizer, self.record, self.token_text_ends)
+            self.held_steps = deque(s for s in self.held_steps if s.index <= kept_tokens)
+
+    def cancel(self) -> None:
+        """Stop here: a barge-in or a client that left."""
+        if self.generated_token_ids is None:
+            self._settle_text()
+        self.text_done = True
+        self.finish_reason = "cancelled"
+
+    def close(self) -> None:
+        """Free the Talker's cache and the codec's state (after the end or a cancellation)."""
+        if self.speech is not None:
+            self.speech.close()
+
+    def done(self) -> ReplyDone:
+        """The reply's last event; `record` then holds what the conversation keeps."""
+        record, speech, stop_ids = self.record, self.speech, self.stop_ids
+        if self.generated_token_ids is None:
+            self._settle_text()
+        finish_reason = self.finish_reason
+        if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
+            _keep_spoken_part(self.loaded, record, speech.spoken_codes, stop_ids)
+        record.finish_reason = finish_reason
+        # after a stop string, usage counts what was generated (the tokens cut off included); after a
+        # barge-in, what was kept
+        stopped = self.stops is not None and self.stops.stopped
+        counted = self.generated_token_ids if stopped else record.sampled_token_ids
+        text_tokens = len([t for t in counted if t not in stop_ids])
+        if speech is not None:
+            record.codec_codes = list(speech.talker.codes)
+            record.talker_context = speech.context_after(len(record.fed_token_ids))
+            speech = speech if speech.speaks else None
+        audio_s = speech.progress.samples_out / speech.sample_rate_hz if speech is not None else 0.0
+        return ReplyDone(
+            text=record.text,
+            finish_reason=finish_reason,
+            usage=Usage(prompt_tokens=int(self.prompt.input_ids.shape[1]), text_tokens=text_tokens,
+                        codec_tokens=len(record.codec_codes) if speech is not None else 0),
+            timings=Timings(first_text_s=self.first_text_at,
+                            first_audio_s=speech.progress.first_audio_at if speech else None,
+                            total_s=time.perf_counter() - self.start, audio_duration_s=audio_s,
+                            stage_s=dict(self.clock.seconds)),
+            codec_codes=tuple(record.codec_codes),
+        )
+
+
 def run_reply(
     loaded: LoadedModel,
     prompt: ThinkerPrompt,
@@ -68,23 +222,11 @@ def run_reply(
     stage_s: dict[str, float] | None = None,
     talker_history: TalkerContext | None = None,
 ) -> Iterator[TextDelta | AudioChunk | ReplyDone]:
-    """Stream the events of one reply; `record` holds what was generated when the iterator ends.
+    """Stream the events of one reply, alone, in the caller's thread (the engine batches many
+    replies instead: omni.engine); `record` holds what was generated when the iterator ends.
 
     With speech, `talker_history` is the Talker's view of the earlier turns (None on the first)."""
-    start = started_at if started_at is not None else time.perf_counter()
-    clock = StageClock()
-    for stage, seconds in (stage_s or {}).items():
-        clock.add(stage, seconds)
-    speech = None
-    if options.speech is not None:
-        voice = resolve_voice(loaded, options.speech.voice)
-        speech = SpeechStages(loaded, options.speech, talker_history, clock, start, voice)
-    elif loaded.audio_output:
-        # text only: the Talker never runs, but the turn is remembered for a later spoken one
-        speech = SpeechStages(loaded, SpeechOptions(), talker_history, clock, start, voice=None)
-    first_text_at = None
-    detokenizer = loaded.tokenizer.detokenizer()
-    stop_ids = set(loaded.generation.eos_token_ids)
+    run = ReplyRun(loaded, prompt, options, record, started_at, stage_s, talker_history)
     steps = stream_thinker(
         loaded.model.thinker,
         prompt,
@@ -94,97 +236,30 @@ def run_reply(
         pad_token_id=loaded.generation.pad_token_id,
         cache=cache,
     )
-    stops = StopText(options.stop) if options.stop else None
-    reply_chars = 0  # length of the detokenized reply text so far, stop strings included
-    token_text_ends: list[int] = []  # per sampled token: reply_chars once it was read
-    # With stop strings the Talker reads a reply token only once the token's text is decided (see
-    # omni.stop), so speech never says a stop string or a piece of one; a token that straddles the
-    # stop string's start is not spoken either. Without them every step goes to the Talker at once.
-    held_steps: deque[ThinkerStep] = deque()
-    finish_reason = "length"
+    speech = run.speech if run.speaks else None
     try:
-        while True:
+        while not run.text_done:
             if cancel.is_set():
-                finish_reason = "cancelled"
+                run.cancel()
                 break
             step_start = time.perf_counter()
             step = next(steps, None)
-            clock.add("prefill" if not record.sampled_token_ids else "thinker", time.perf_counter() - step_start)
+            run.clock.add("prefill" if not record.sampled_token_ids else "thinker", time.perf_counter() - step_start)
             if step is None:
                 break
-            if step.index > 0:
-                record.fed_token_ids.append(record.sampled_token_ids[-1])
-            token = int(step.token_ids[0])
-            record.sampled_token_ids.append(token)
-            delta = "" if token in stop_ids else detokenizer.push(token)
-            reply_chars += len(delta)
-            token_text_ends.append(reply_chars)
-            shown = stops.push(delta) if stops is not None else delta
+            yield from run.on_thinker_step(step)
             if speech is not None:
-                held_steps.append(step)
-                decided = stops.decided if stops is not None else reply_chars
-                while held_steps and _step_decided(held_steps[0], token_text_ends, decided):
-                    yield from speech.on_thinker_step(held_steps.popleft(), prompt)
-            if token in stop_ids:
-                finish_reason = "stop"
-                continue
-            if shown:
-                record.text += shown
-                if first_text_at is None:
-                    first_text_at = time.perf_counter() - start
-                yield TextDelta(shown)
-            if stops is not None and stops.stopped:
-                finish_reason = "stop"
-                break
-        if finish_reason != "cancelled":
-            shown = detokenizer.flush()
-            if stops is not None:
-                shown = stops.push(shown) + ("" if stops.stopped else stops.flush())
-            if shown:
-                record.text += shown
-                yield TextDelta(shown)
-        generated_token_ids = list(record.sampled_token_ids)
-        if stops is not None and stops.decided < reply_chars:
-            # A stop string ended the reply (or a cancel came while text was held back): the
-            # conversation keeps exactly the text that was shown, and speech the tokens wholly in it.
-            if stops.stopped:
-                finish_reason = "stop"
-            kept_tokens = _keep_shown_text(loaded.tokenizer, record, token_text_ends)
-            held_steps = deque(s for s in held_steps if s.index <= kept_tokens)
-        if speech is not None and finish_reason != "cancelled":
-            while held_steps:
-                yield from speech.on_thinker_step(held_steps.popleft(), prompt)
-        if speech is not None and speech.speaks and finish_reason != "cancelled":
-            speech.finish_text()
-            for chunk in speech.drain(cancel.is_set):
-                yield chunk
-            if cancel.is_set():
-                finish_reason = "cancelled"
+                yield from speech.advance()
+        if run.finish_reason != "cancelled":
+            yield from run.end_text()
+            if speech is not None:
+                yield from speech.drain(cancel.is_set)
+                if cancel.is_set():
+                    run.cancel()
     finally:
         steps.close()
-        if speech is not None:
-            speech.close()
-    if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
-        _keep_spoken_part(loaded, record, speech.spoken_codes, stop_ids)
-    record.finish_reason = finish_reason
-    # after a stop string, usage counts what was generated (the tokens cut off included); after a
-    # barge-in, what was kept
-    counted = generated_token_ids if stops is not None and stops.stopped else record.sampled_token_ids
-    text_tokens = len([t for t in counted if t not in stop_ids])
-    if speech is not None:
-        record.codec_codes = list(speech.talker.codes)
-        record.talker_context = speech.context_after(len(record.fed_token_ids))
-        speech = speech if speech.speaks else None
-    audio_s = speech.progress.samples_out / speech.sample_rate_hz if speech is not None else 0.0
-    yield ReplyDone(
-        text=record.text,
-        finish_reason=finish_reason,
-        usage=Usage(prompt_tokens=int(prompt.input_ids.shape[1]), text_tokens=text_tokens,
-                    codec_tokens=len(record.codec_codes) if speech is not None else 0),
-        timings=Timings(first_text_s=first_text_at, first_audio_s=speech.progress.first_audio_at if speech else None,
-                        total_s=time.perf_counter() - start, audio_duration_s=audio_s, stage_s=dict(clock.seconds)),
-        codec_codes=tuple(record.codec_codes),
-    )
+        run.close()
+    yield run.done()
 
 
 def _keep_spoken_part(loaded: LoadedModel, record: ReplyRecord, spoken_codes: int, stop_ids: set[int]) -> None:

@@ -97,12 +97,16 @@ class SpeechStages:
                                    codec_vocabulary=self.token2wav.dit_config.num_embeds + 1)
         self.codec: StreamingToken2Wav | None = None
         self.prompt_context: TalkerContext | None = None
+        self._before_start: list[torch.Tensor] = []  # reply parts that arrived before the Talker started
+        self._text_finished = False
         self.next_position = 0
         self.progress = SpeechProgress()
 
     # -- Thinker side --------------------------------------------------------------------------
 
-    def on_thinker_step(self, step: ThinkerStep, prompt: ThinkerPrompt) -> list[AudioChunk]:
+    def on_thinker_step(self, step: ThinkerStep, prompt: ThinkerPrompt) -> None:
+        """Take what the Talker needs from a Thinker step (no model work: the Talker runs in
+        `advance`, or in the engine's batched step)."""
         if step.index == 0:
             input_embeds = step.input_embeds
             if prompt.multimodal_mask is not None:
@@ -110,22 +114,45 @@ class SpeechStages:
                 input_embeds = input_embeds.masked_fill(prompt.multimodal_mask.to(input_embeds.device)[..., None], 0)
             self.prompt_context = TalkerContext(input_embeds + step.hidden, prompt.position_ids.to(step.hidden.device))
             self.next_position = int(prompt.next_position[0])
-            return []
+            return
         reply_part = step.input_embeds[:, -1:] + step.hidden[:, -1:]
         self.progress.reply_parts.append(reply_part)
         if not self.speaks:
-            return []
-        if not self.talker.started:
-            began = time.perf_counter()
-            context = TalkerContext.join([self.history, self.prompt_context]) if self.history else self.prompt_context
-            code = self.talker.start(context.embeds, context.positions, self.next_position,
-                                     int(self.voice_entry["bos_token"]), reply_part)
-            self.clock.add("talker", time.perf_counter() - began)
-            return self._codes_out([code])
-        self.talker.push_reply_part(reply_part)
-        return self._run_talker()
+            return
+        if self.talker.started:
+            self.talker.push_reply_part(reply_part)
+        else:
+            self._before_start.append(reply_part)
+
+    def can_start_talker(self) -> bool:
+        """The Talker's prefill can run: the first reply part exists and it has not started."""
+        return self.speaks and not self.talker.started and bool(self._before_start)
+
+    def start_talker(self) -> list[AudioChunk]:
+        """The Talker's prefill over the conversation and the first reply part; its first code."""
+        began = time.perf_counter()
+        context = TalkerContext.join([self.history, self.prompt_context]) if self.history else self.prompt_context
+        code = self.talker.start(context.embeds, context.positions, self.next_position,
+                                 int(self.voice_entry["bos_token"]), self._before_start.pop(0))
+        for reply_part in self._before_start:
+            self.talker.push_reply_part(reply_part)
+        self._before_start.clear()
+        if self._text_finished:
+            self.talker.finish_text()
+        self.clock.add("talker", time.perf_counter() - began)
+        return self.codes_out([code])
+
+    def can_step_talker(self) -> bool:
+        return self.talker.can_step()
+
+    def advance(self) -> list[AudioChunk]:
+        """Run every Talker step whose input exists (starting it if it can), alone; the audio chunks
+        that became ready."""
+        chunks = self.start_talker() if self.can_start_talker() else []
+        return chunks + self._run_talker()
 
     def finish_text(self) -> None:
+        self._text_finished = True
         self.talker.finish_text()
 
     def context_after(self, fed_tokens: int) -> TalkerContext | None:
@@ -150,10 +177,12 @@ class SpeechStages:
             if code is not None:
                 codes.append(code)
         self.clock.add("talker", time.perf_counter() - began)
-        return self._codes_out(codes)
+        return self.codes_out(codes)
 
     def drain(self, cancelled) -> Iterator[AudioChunk]:
-        """After the text ended: the Talker's remaining codes, then the codec's last chunks."""
+        """After the text ended, alone: the Talker's remaining codes, then the codec's last chunks."""
+        if self.can_start_talker():
+            yield from self.start_talker()
         if not self.talker.started:
             return
         while not self.talker.finished:
@@ -163,9 +192,20 @@ class SpeechStages:
             code = self.talker.step()
             self.clock.add("talker", time.perf_counter() - began)
             if code is not None:
-                yield from self._codes_out([code])
-        if cancelled() or not self.talker.codes:
+                yield from self.codes_out([code])
+        if cancelled():
             return
+        yield from self.flush_codec()
+
+    @property
+    def talking(self) -> bool:
+        """The Talker has started and not finished (or is about to start)."""
+        return self.can_start_talker() or (self.talker.started and not self.talker.finished)
+
+    def flush_codec(self) -> list[AudioChunk]:
+        """Once the Talker has finished: the codec's last chunks (or, not streaming, the whole utterance)."""
+        if not self.talker.codes:
+            return []
         began = time.perf_counter()
         if self.options.streaming:
             samples = self._ensure_codec().finish()
@@ -173,9 +213,10 @@ class SpeechStages:
             codes = torch.tensor(self.talker.codes, dtype=torch.long).view(1, -1)
             samples = [self.token2wav.synthesize(codes, self._voice(), self._noise(), self.options.flow)]
         self.clock.add("token2wav", time.perf_counter() - began)
-        yield from self._chunks(samples)
+        return self._chunks(samples)
 
-    def _codes_out(self, codes: list[int]) -> list[AudioChunk]:
+    def codes_out(self, codes: list[int]) -> list[AudioChunk]:
+        """Push new codes into the streaming codec; the chunks that became ready."""
         if not codes or not self.options.streaming:
             return []
         began = time.perf_counter()

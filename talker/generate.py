@@ -129,11 +129,26 @@ class TalkerStream:
         sampler.observe(prompt_codes)  # the reference's repetition penalty sees the talker input ids
         logits = talker(embeds, positions, cache=cache)
         self.state = TalkerState(cache=cache, sampler=sampler, next_position=next_position + 2, last_code=-1)
-        return self._accept(sampler(logits))
+        sampled = sampler(logits)
+        return self.accept(sampled, int(sampled[0]))
 
     @torch.inference_mode()
     def step(self) -> int | None:
         """Decode one code; None when the next reply part has not arrived yet (or the stream ended)."""
+        fed = self.next_input()
+        if fed is None:
+            return None
+        embeds, positions = fed
+        logits = self.talker(embeds, positions, cache=self.state.cache)
+        sampled = self.state.sampler(logits)
+        return self.accept(sampled, int(sampled[0]))
+
+    @torch.inference_mode()
+    def next_input(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next step's input, consumed from the queue: (embeds (1, 1, embedding_size), positions
+        (3, 1, 1)); None while the next reply part has not arrived (or the stream ended). The caller
+        runs the Talker over it (alone, or batched with other streams by the engine) and passes the
+        sampled code to `accept`."""
         state = self.state
         if state is None or state.finished:
             return None
@@ -150,13 +165,13 @@ class TalkerStream:
         device = talker.device
         embeds = talker.embed_codes(torch.tensor([[state.last_code]], device=device)) + reply_part.to(device, talker.dtype)
         positions = torch.full((3, 1, 1), state.next_position, dtype=torch.long, device=device)
-        logits = talker(embeds, positions, cache=state.cache)
         state.next_position += 1
-        return self._accept(state.sampler(logits))
+        return embeds, positions
 
-    def _accept(self, sampled: torch.Tensor) -> int | None:
+    def accept(self, sampled: torch.Tensor, code: int) -> int | None:
+        """Record the code sampled (`sampled`, a (1,) tensor on the device, and its value `code`)
+        after a step: the code, or None when it ended the utterance."""
         state = self.state
-        code = int(sampled[0])
         state.sampler.observe(sampled.view(1, 1))
         state.last_code = code
         if code in self.stop_codes:
