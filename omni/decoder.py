@@ -69,6 +69,29 @@ class Attention(nn.Module):
             out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
+    def forward_rows(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, caches: list[KVCache],
+                     layer_index: int) -> torch.Tensor:
+        """One new token per row (hidden (rows, 1, width)), row i attending over its own cache
+        `caches[i]` (each at its own length): the projections run batched, attention row by row,
+        exactly as a one-row decode step would run it."""
+        rows = hidden.shape[0]
+        q = self.q_proj(hidden).view(rows, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden).view(rows, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden).view(rows, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, cos, sin)
+        outs = []
+        for row, cache in enumerate(caches):
+            end = cache.length + 1
+            keys, values = cache.keys[layer_index], cache.values[layer_index]
+            keys[:, :, end - 1 : end] = k[row : row + 1]
+            values[:, :, end - 1 : end] = v[row : row + 1]
+            query = q[row : row + 1]
+            if self.heads_per_kv > 1:
+                query = query.reshape(1, self.num_kv_heads, self.heads_per_kv, self.head_dim)
+            out = F.scaled_dot_product_attention(query, keys[:, :, :end], values[:, :, :end], scale=self.scale)
+            outs.append(out.reshape(1, 1, self.num_heads * self.head_dim))
+        return self.o_proj(torch.cat(outs) if rows > 1 else outs[0])
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
@@ -80,6 +103,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, hidden, cos, sin, cache, layer_index, mask):
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache, layer_index, mask)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+    def forward_rows(self, hidden, cos, sin, caches, layer_index):
+        hidden = hidden + self.self_attn.forward_rows(self.input_layernorm(hidden), cos, sin, caches, layer_index)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -138,6 +165,26 @@ class QwenDecoder(nn.Module):
             hidden = layer(hidden, cos, sin, cache, index, mask)
         if cache is not None:
             cache.length = start + seq
+        return self.norm(hidden)
+
+    def forward_rows(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, caches: list[KVCache]
+                     ) -> torch.Tensor:
+        """One decode step for rows that each own a cache (one conversation each, at its own
+        length): inputs_embeds (rows, 1, hidden) at position_ids (3, rows, 1); every cache grows by
+        one slot. The serving engine's batched step (omni.engine)."""
+        if inputs_embeds.shape[1] != 1 or inputs_embeds.shape[0] != len(caches):
+            raise ValueError(f"forward_rows takes one token per row and one cache per row, got "
+                             f"{tuple(inputs_embeds.shape[:2])} for {len(caches)} caches")
+        for cache in caches:
+            if cache.batch_size != 1 or cache.valid is not None:
+                raise ValueError("forward_rows needs one-row caches without padding")
+            cache.ensure_capacity(cache.length + 1)
+        cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.rope_component, inputs_embeds.dtype)
+        hidden = inputs_embeds
+        for index, layer in enumerate(self.layers):
+            hidden = layer.forward_rows(hidden, cos, sin, caches, index)
+        for cache in caches:
+            cache.length += 1
         return self.norm(hidden)
 
 

@@ -34,6 +34,7 @@ class Usage:
     prompt_tokens: int
     text_tokens: int
     codec_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those a prefix-cache hit did not prefill again
 
 
 @dataclass(frozen=True)

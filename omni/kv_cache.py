@@ -86,6 +86,24 @@ class KVCache:
             self.valid[:, :start] = True
         self.valid[:, start : start + count] = valid_rows
 
+    def copy_prefix(self, length: int, capacity: int | None = None) -> KVCache:
+        """A new one-row-per-row cache holding this cache's first `length` slots, with room for
+        `capacity` (at least `length`)."""
+        if length > self.length:
+            raise ValueError(f"the cache holds {self.length} slots, {length} were asked for")
+        capacity = max(length, capacity or length, 1)
+        copy = KVCache(
+            keys=[k.new_zeros(k.shape[:2] + (capacity,) + k.shape[3:]) for k in self.keys],
+            values=[v.new_zeros(v.shape[:2] + (capacity,) + v.shape[3:]) for v in self.values],
+            length=length,
+        )
+        for target, source in zip(copy.keys + copy.values, self.keys + self.values):
+            target[:, :, :length] = source[:, :, :length]
+        if self.valid is not None:
+            copy.valid = self.valid.new_zeros((self.valid.shape[0], capacity))
+            copy.valid[:, :length] = self.valid[:, :length]
+        return copy
+
     def select_rows(self, keep: torch.Tensor) -> None:
         """Keep only the batch rows where `keep` (batch,) is True (a finished row leaves the batch)."""
         self.keys = [k[keep] for k in self.keys]

@@ -68,8 +68,9 @@ class ReplyRun:
 
     def __init__(self, loaded: LoadedModel, prompt: ThinkerPrompt, options: ReplyOptions, record: ReplyRecord,
                  started_at: float | None = None, stage_s: dict[str, float] | None = None,
-                 talker_history: TalkerContext | None = None) -> None:
+                 talker_history: TalkerContext | None = None, cached_prompt_tokens: int = 0) -> None:
         self.loaded = loaded
+        self.cached_prompt_tokens = cached_prompt_tokens  # prompt tokens a prefix-cache hit supplied
         self.prompt = prompt
         self.options = options
         self.record = record
@@ -97,6 +98,7 @@ class ReplyRun:
         self.finish_reason = "length"
         self.text_done = False  # the Thinker has nothing more to do for this reply
         self.generated_token_ids: list[int] | None = None
+        self.delivered_samples: int | None = None  # audio the caller received, when it stopped early
 
     @property
     def speaks(self) -> bool:
@@ -174,6 +176,18 @@ class ReplyRun:
         self.text_done = True
         self.finish_reason = "cancelled"
 
+    def cut_to_delivered(self, text_chars: int, audio_samples: int) -> ReplyDone:
+        """The caller stopped reading before the end (a cancel, a dropped stream) while the reply ran
+        ahead of it (the engine does not wait for readers): the conversation keeps only the text and
+        speech the caller received, as if the reply had stopped there. Returns the new ReplyDone."""
+        record = self.record
+        if text_chars < len(record.text):
+            record.text = record.text[:text_chars]
+            _keep_shown_text(self.loaded.tokenizer, record, self.token_text_ends)
+        self.finish_reason = "cancelled"
+        self.delivered_samples = audio_samples
+        return self.done()
+
     def close(self) -> None:
         """Free the Talker's cache and the codec's state (after the end or a cancellation)."""
         if self.speech is not None:
@@ -186,7 +200,11 @@ class ReplyRun:
             self._settle_text()
         finish_reason = self.finish_reason
         if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
-            _keep_spoken_part(self.loaded, record, speech.spoken_codes, stop_ids)
+            spoken_codes = speech.spoken_codes
+            if self.delivered_samples is not None:
+                spoken_codes = self.delivered_samples // speech.token2wav.samples_per_code
+            if self.delivered_samples != 0:
+                _keep_spoken_part(self.loaded, record, spoken_codes, stop_ids)
         record.finish_reason = finish_reason
         # after a stop string, usage counts what was generated (the tokens cut off included); after a
         # barge-in, what was kept
@@ -201,8 +219,9 @@ class ReplyRun:
         return ReplyDone(
             text=record.text,
             finish_reason=finish_reason,
-            usage=Usage(prompt_tokens=int(self.prompt.input_ids.shape[1]), text_tokens=text_tokens,
-                        codec_tokens=len(record.codec_codes) if speech is not None else 0),
+            usage=Usage(prompt_tokens=int(self.prompt.input_ids.shape[1]) + self.cached_prompt_tokens,
+                        text_tokens=text_tokens, codec_tokens=len(record.codec_codes) if speech is not None else 0,
+                        cached_prompt_tokens=self.cached_prompt_tokens),
             timings=Timings(first_text_s=self.first_text_at,
                             first_audio_s=speech.progress.first_audio_at if speech else None,
                             total_s=time.perf_counter() - self.start, audio_duration_s=audio_s,

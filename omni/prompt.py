@@ -23,6 +23,8 @@ has an audio track becomes <|audio_bos|> video chunk 0, audio chunk 0, video chu
 
 from __future__ import annotations
 
+import hashlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +217,103 @@ def merge_prompt(thinker: Thinker, prepared: PreparedPrompt, embeddings: MediaEm
         inputs_embeds=embeds, token_mask=prepared.token_mask,
         multimodal_mask=prepared.multimodal_mask if has_media else None,
     )
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """Where one media item's tokens lie in a one-conversation prompt, and what it holds."""
+
+    item: int  # index into the conversation's items
+    start: int  # first token
+    end: int  # one past the last token
+    content_key: int  # a negative int derived from the decoded content (never a token id)
+
+
+def media_spans(prepared: PreparedPrompt, config: ThinkerConfig) -> list[MediaSpan]:
+    """The token span of every media item of a one-conversation prompt, in prompt order."""
+    if prepared.input_ids.shape[0] != 1:
+        raise InputError("media_spans takes a one-conversation prompt")
+    ids = config.token_ids
+    geometry = PatchGeometry.from_config(config.vision)
+    items = prepared.items[0]
+    media = prepared.media
+    image_counts = iter(media.images.token_counts(geometry.merge_size) if media.images is not None else [])
+    video_counts = iter([t * h * w // geometry.merge_size**2 for t, h, w in media.videos.grid_thw.tolist()]
+                        if media.videos is not None else [])
+    audio_counts = iter([audio_token_count(n) for n in media.audio.feature_lens.tolist()]
+                        if media.audio is not None else [])
+    queues: dict[int, deque] = {ids.image: deque(), ids.video: deque(), ids.audio: deque()}
+    for index, item in enumerate(items):
+        if item.kind == "image":
+            queues[ids.image].append([index, next(image_counts)])
+        elif item.kind == "video":
+            queues[ids.video].append([index, next(video_counts)])
+        if item.kind == "audio" or (item.kind == "video" and item.video_audio is not None):
+            queues[ids.audio].append([index, next(audio_counts)])
+    bounds: dict[int, list[int]] = {}
+    for position, token in enumerate(prepared.input_ids[0].tolist()):
+        waiting = queues.get(token)
+        if not waiting:
+            continue
+        owner = waiting[0]
+        span = bounds.setdefault(owner[0], [position, position + 1])
+        span[1] = position + 1
+        owner[1] -= 1
+        if owner[1] == 0:
+            waiting.popleft()
+    return [MediaSpan(index, start, end, _content_key(items[index]))
+            for index, (start, end) in sorted(bounds.items(), key=lambda kv: kv[1][0])]
+
+
+def prompt_key(prepared: PreparedPrompt, spans: list[MediaSpan], config: ThinkerConfig) -> list[int]:
+    """The prompt's token ids with every media placeholder replaced by its item's content key: the
+    key of the prefix cache (omni.engine.prefix_cache)."""
+    key = prepared.input_ids[0].tolist()
+    ids = config.token_ids
+    placeholders = {ids.image, ids.video, ids.audio}
+    for span in spans:
+        for position in range(span.start, span.end):
+            if key[position] in placeholders:
+                key[position] = span.content_key
+    return key
+
+
+def media_safe_length(length: int, spans: list[MediaSpan]) -> int:
+    """`length` moved back to the start of a media item it would cut in two."""
+    for span in spans:
+        if span.start < length < span.end:
+            return span.start
+    return length
+
+
+@torch.inference_mode()
+def suffix_prompt(thinker: Thinker, prepared: PreparedPrompt, start: int, spans: list[MediaSpan]) -> ThinkerPrompt:
+    """The prompt from token `start` on (a cached prefix holds the rest), at its positions in the
+    whole prompt; only the media items that lie in it are encoded. `start` must not cut an item."""
+    if any(span.start < start < span.end for span in spans):
+        raise InputError(f"token {start} lies inside a media item")
+    items = prepared.items[0]
+    kept = [items[span.item] for span in spans if span.start >= start]
+    geometry = PatchGeometry.from_config(thinker.config.vision)
+    media = preprocess_media([kept], geometry) if kept else MediaInputs()
+    part = PreparedPrompt(
+        input_ids=prepared.input_ids[:, start:], token_mask=None, position_ids=prepared.position_ids[:, :, start:],
+        next_position=prepared.next_position, multimodal_mask=prepared.multimodal_mask[:, start:], media=media,
+        items=[kept],
+    )
+    return merge_prompt(thinker, part, encode_media(thinker, media))
+
+
+def _content_key(item: MediaItem) -> int:
+    digest = hashlib.blake2b(f"{item.kind}{item.sample_fps!r}".encode(), digest_size=8)
+    for part in (item.frames, item.waveform, item.video_audio):
+        if part is None:
+            digest.update(b"-")
+            continue
+        array = part.contiguous().numpy() if isinstance(part, torch.Tensor) else np.ascontiguousarray(part)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return -1 - (int.from_bytes(digest.digest(), "little") >> 2)
 
 
 def _histories(history, rows: int) -> list[list[Mapping[str, Any]]]:

@@ -31,7 +31,10 @@ from omni.reply_stream import OpenReply, ReplyStream
 from omni.sampling import SamplingParams
 from omni.speech import SpeechOptions, TalkerContext, resolve_voice
 from omni.stop import stop_strings
-from omni.prompt import encode_media, merge_prompt, prepare_prompt
+from omni.engine import Engine, PrefixCache, engine_for
+from omni.prompt import (
+    encode_media, media_safe_length, media_spans, merge_prompt, prepare_prompt, prompt_key, suffix_prompt,
+)
 from omni.thinker.generate import ThinkerPrompt
 
 IM_END = "<|im_end|>"
@@ -59,6 +62,20 @@ class ConversationState:
         self.talker_context = None
 
 
+@dataclass
+class TurnInput:
+    """A turn ready for the Thinker: its prompt and the cache it continues."""
+
+    prompt: ThinkerPrompt
+    prompt_ids: list[int]  # the prompt's token ids (placeholders expanded)
+    cache: KVCache
+    length_before: int  # the cache's length before the prompt
+    talker_history: TalkerContext | None  # the Talker's view of what the cache holds
+    observed_ids: torch.Tensor | None = None  # what the repetition penalty sees first (None: the prompt)
+    key_ids: list[int] | None = None  # the whole prompt's prefix-cache key (a stateless first turn)
+    prefix_ids: list[int] = field(default_factory=list)  # tokens a prefix-cache hit put in the cache
+
+
 @dataclass(frozen=True)
 class Reply:
     text: str
@@ -77,8 +94,20 @@ class OmniSession:
         sampling: SamplingParams | None = None,
         use_audio_in_video: bool = False,
         media_limits: MediaLimits | None = None,
+        engine: Engine | bool = True,
+        reuse_prefix: bool = False,
     ) -> None:
+        """engine: True (the default) runs replies on the model's shared serving engine, which
+        batches the steps of every session's live reply (omni.engine); an `Engine` runs them on that
+        one; False runs each reply alone in the thread that iterates it (the old path, kept for
+        comparison). reuse_prefix: a stateless caller that sends the whole conversation every time
+        (the HTTP server): the first turn reuses the longest matching conversation the engine's
+        prefix cache holds, and the finished turn is kept there."""
         self.model = model
+        if not isinstance(engine, (bool, Engine)):
+            raise InputError(f"engine must be True, False or an Engine, got {engine!r}")
+        self._engine_choice = engine
+        self.reuse_prefix = reuse_prefix
         self.use_audio_in_video = use_audio_in_video
         self.media_limits = media_limits or MediaLimits()
         self.system_prompt = system_prompt
@@ -202,12 +231,18 @@ class OmniSession:
             clock: dict[str, float] = {}
             # reads `self.state`: a reset() meanwhile only swaps in a fresh one and cancels this reply
             # before its first step, and the turn is dropped, so a prompt made from either is harmless
-            prompt, prompt_ids = self._next_prompt(new_messages, clock)
-            cache = self._cache_for(len(prompt_ids) + options.max_new_tokens, state)
-            cache_length_before = cache.length
+            start_turn = functools.partial(self._start_turn, new_messages, clock, state, options.max_new_tokens)
             record = ReplyRecord()
-            events = run_reply(self.model, prompt, options, cache, cancel, record, started_at=started, stage_s=clock,
-                               talker_history=state.talker_context)
+            engine = self.engine
+            if engine is None:
+                turn = start_turn()
+                events = run_reply(self.model, turn.prompt, options, turn.cache, cancel, record, started_at=started,
+                                   stage_s=clock, talker_history=turn.talker_history)
+            else:
+                turn = engine.prepare(start_turn)  # media and encoders in the engine's worker pool
+                events = engine.submit(turn.prompt, options, turn.cache, cancel, record, started_at=started,
+                                       stage_s=clock, talker_history=turn.talker_history,
+                                       observed_ids=turn.observed_ids, cached_prompt_tokens=len(turn.prefix_ids))
         except BaseException:
             with self._guard:
                 self._active_cancel = None
@@ -218,9 +253,10 @@ class OmniSession:
             with self._guard:
                 try:
                     if state is self.state:
-                        self._commit_turn(new_messages, prompt, prompt_ids, record, cache, cache_length_before, state)
+                        self._commit_turn(new_messages, turn, record, state)
+                        self._keep_prefix(turn, state)
                     else:  # reset() forgot this conversation while the reply ran
-                        cache.free()
+                        turn.cache.free()
                 finally:
                     self._active_cancel = None
                     self._open = None
@@ -258,6 +294,63 @@ class OmniSession:
     # ------------------------------------------------------------------------------------------
     # Internals
 
+    @property
+    def engine(self) -> Engine | None:
+        """The engine this session's replies run on (None: each runs alone in its caller's thread)."""
+        choice = self._engine_choice
+        if choice is True:
+            return engine_for(self.model)
+        return choice or None
+
+    def _start_turn(self, new_messages, clock: dict[str, float], state: ConversationState, max_new_tokens: int
+                    ) -> TurnInput:
+        """The new turn's prompt and the cache it continues (media read and encoders run here)."""
+        engine = self.engine
+        if self.reuse_prefix and state.cache is None and engine is not None and engine.prefix_cache.enabled:
+            return self._start_from_prefix(new_messages, clock, state, max_new_tokens, engine.prefix_cache)
+        prompt, prompt_ids = self._next_prompt(new_messages, clock)
+        cache = self._cache_for(len(prompt_ids) + max_new_tokens, state)
+        return TurnInput(prompt, prompt_ids, cache, cache.length, state.talker_context)
+
+    def _start_from_prefix(self, new_messages, clock, state: ConversationState, max_new_tokens: int,
+                           prefix_cache: PrefixCache) -> TurnInput:
+        """A first turn that may carry a whole earlier conversation: reuse the longest prefix the
+        prefix cache holds, and prefill and encode only what follows it."""
+        loaded = self.model
+        thinker = loaded.model.thinker
+        timer = time.perf_counter()
+        prepared = prepare_prompt(loaded.tokenizer, thinker.config, [new_messages],
+                                  pad_token_id=loaded.generation.pad_token_id, system_prompt=self.system_prompt,
+                                  use_audio_in_video=self.use_audio_in_video, limits=self.media_limits)
+        media_done = time.perf_counter()
+        spans = media_spans(prepared, thinker.config)
+        key = prompt_key(prepared, spans, thinker.config)
+        ids = prepared.input_ids[0].tolist()
+        self._check_context(state, len(ids) + max_new_tokens)
+        hit = prefix_cache.lookup(key)
+        reused = media_safe_length(min(hit.length, len(ids) - 1), spans) if hit is not None else 0
+        prefix_cache.record(reused)
+        if reused:
+            prompt = suffix_prompt(thinker, prepared, reused, spans)
+            state.cache = hit.entry.cache.copy_prefix(reused, max(MIN_CACHE_TOKENS, len(ids) + max_new_tokens))
+            talker_history = hit.entry.talker_prefix(reused)
+        else:
+            prompt = merge_prompt(thinker, prepared, encode_media(thinker, prepared.media))
+            self._cache_for(len(ids) + max_new_tokens, state)
+            talker_history = None
+        clock["media"] = media_done - timer
+        clock["encoders"] = time.perf_counter() - media_done
+        return TurnInput(prompt, ids[reused:], state.cache, reused, talker_history, observed_ids=prepared.input_ids,
+                         key_ids=key, prefix_ids=ids[:reused])
+
+    def _keep_prefix(self, turn: TurnInput, state: ConversationState) -> None:
+        """After a stateless first turn: keep the conversation in the engine's prefix cache."""
+        engine = self.engine
+        if turn.key_ids is None or engine is None or state.cache is None or not state.fed_token_ids:
+            return
+        key = turn.key_ids + state.fed_token_ids[len(turn.key_ids):]
+        engine.prefix_cache.insert(key, state.cache, state.talker_context)
+
     def _next_prompt(self, new_messages: list[dict[str, Any]], clock: dict[str, float] | None = None
                      ) -> tuple[ThinkerPrompt, list[int]]:
         """The Thinker input of a new turn: the whole rendered conversation on the first turn; later,
@@ -288,22 +381,28 @@ class OmniSession:
         return prompt, prepared.input_ids[0].tolist()
 
     def _cache_for(self, new_tokens: int, state: ConversationState) -> KVCache:
-        limit = self.model.config.thinker.text.max_position_embeddings
         needed = (state.cache.length if state.cache is not None else 0) + new_tokens
+        self._check_context(state, new_tokens)
+        if state.cache is None:
+            state.cache = self.model.model.thinker.model.new_cache(1, max(MIN_CACHE_TOKENS, needed))
+        return state.cache
+
+    def _check_context(self, state: ConversationState, new_tokens: int) -> None:
+        limit = self.model.config.thinker.text.max_position_embeddings
         if state.next_position + new_tokens > limit:
             raise ContextLengthError(
                 f"the conversation would reach position {state.next_position + new_tokens}, past the model's "
                 f"limit of {limit}; reset the session or ask for fewer new tokens",
                 needed_tokens=state.next_position + new_tokens, limit_tokens=limit,
             )
-        if state.cache is None:
-            state.cache = self.model.model.thinker.model.new_cache(1, max(MIN_CACHE_TOKENS, needed))
-        return state.cache
 
-    def _commit_turn(self, new_messages, prompt: ThinkerPrompt, prompt_ids, record: ReplyRecord, cache, length_before,
-                     state: ConversationState) -> None:
+    def _commit_turn(self, new_messages, turn: TurnInput, record: ReplyRecord, state: ConversationState) -> None:
         """Record the finished (or cancelled) turn so the next one continues from it."""
+        prompt, prompt_ids, cache, length_before = turn.prompt, turn.prompt_ids, turn.cache, turn.length_before
         if cache.length < length_before + len(prompt_ids):
+            if turn.prefix_ids:  # the cache came from the prefix cache for this turn only
+                cache.free()
+                state.cache = None
             return  # cancelled before the prompt was read: the turn never happened
         stop_ids = set(self.model.generation.eos_token_ids)
         im_end = self.model.tokenizer.token_id(IM_END)
@@ -313,7 +412,7 @@ class OmniSession:
         # <|im_end|>; any other (length limit, cancellation) was shown to the user and is fed before it.
         kept_tail = [t for t in record.sampled_token_ids[len(kept):] if t not in stop_ids]
         cache.truncate(length_before + len(prompt_ids) + len(kept))
-        state.fed_token_ids.extend(prompt_ids + kept)
+        state.fed_token_ids.extend(turn.prefix_ids + prompt_ids + kept)
         state.pending_token_ids = kept_tail + [im_end]
         state.next_position = int(prompt.next_position[0]) + len(kept)
         state.messages.extend(new_messages)

@@ -36,9 +36,14 @@ class Talker(nn.Module):
         """Codec token ids (batch, n) -> embeddings at the Thinker's width (batch, n, embedding_size)."""
         return self.model.embed_tokens(codes)
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache | None = None
-                ) -> torch.Tensor:
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache | None = None,
+                row_caches: list[KVCache] | None = None) -> torch.Tensor:
         """inputs_embeds (batch, seq, embedding_size) at positions (3, batch, seq) -> codec logits of the
-        last position (batch, vocab), fp32."""
-        hidden = self.model(self.thinker_to_talker_proj(inputs_embeds), position_ids, cache=cache)
+        last position (batch, vocab), fp32. row_caches: one decode step of rows that each own a cache
+        (the engine's batched step; see QwenDecoder.forward_rows) instead of one shared `cache`."""
+        projected = self.thinker_to_talker_proj(inputs_embeds)
+        if row_caches is not None:
+            hidden = self.model.forward_rows(projected, position_ids, row_caches)
+        else:
+            hidden = self.model(projected, position_ids, cache=cache)
         return self.codec_head(hidden[:, -1]).float()

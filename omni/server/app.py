@@ -2,7 +2,8 @@
 
 Stateless HTTP: every request is a fresh OmniSession over the one shared LoadedModel, fed the whole
 conversation in `messages`. Routes: POST /v1/chat/completions, GET /v1/models, GET /health,
-GET /stats (omni's counters: running, waiting, finished replies by finish reason).
+GET /stats (omni's counters: running, waiting, finished replies by finish reason; with the engine,
+its live batch size, queue length, cache memory reserved and prefix-cache hits).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from omni.async_reply import AsyncReply, ReplyOutcome
 from omni.encoders.limits import MediaLimits
+from omni.engine import EngineOptions, engine_for
 from omni.errors import AudioOutputUnavailable, OmniError, UnknownVoiceError
 from omni.events import AudioChunk, ReplyDone, TextDelta
 from omni.loading import LoadedModel
@@ -56,6 +58,8 @@ class ServerConfig:
     max_media_items: int = 16  # images, audio clips and videos in one request
     audio_ttl_s: int = 3600  # how long an audio id's transcript is kept for multi-turn requests
     parser_workers: int = 2  # processes decoding large request bodies (see omni.server.parsing)
+    # the serving engine's settings (omni.engine); None: every request runs alone in its own thread
+    engine: EngineOptions | None = field(default_factory=EngineOptions)
 
 
 class ServerState:
@@ -74,6 +78,7 @@ class ServerState:
         self.media_limits = dataclasses.replace(config.media_limits,
                                                 public_remote_only=not config.allow_private_remote)
         self.created_s = int(time.time())
+        self.engine = engine_for(loaded, config.engine) if config.engine is not None else None
 
 
 def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
@@ -98,7 +103,10 @@ def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict:
-        return {"running": state.admission.running, "waiting": state.admission.waiting, **state.stats.snapshot()}
+        body = {"running": state.admission.running, "waiting": state.admission.waiting, **state.stats.snapshot()}
+        if state.engine is not None:
+            body["engine"] = state.engine.stats()
+        return body
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -151,7 +159,8 @@ def _start_reply(state: ServerState, request: OmniRequest, slot: Slot) -> AsyncR
     options = {"system_prompt": request.system_prompt} if request.system_prompt is not None else {}
     try:
         session = OmniSession(state.loaded, max_new_tokens=state.config.default_max_tokens,
-                              media_limits=state.media_limits, **options)
+                              media_limits=state.media_limits, engine=state.engine or False,
+                              reuse_prefix=state.engine is not None, **options)
     except BaseException:
         slot.release()
         raise

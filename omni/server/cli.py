@@ -9,6 +9,8 @@ from pathlib import Path
 from omni.encoders.limits import MediaLimits
 from omni.errors import InputError
 
+GIB = 1024**3
+
 STATIC_MAX_CONCURRENT = 4  # without a model to measure (tests, `config_from_args(args)`)
 STATIC_MAX_QUEUE = 32
 DEFAULT_MAX_VIDEO_SECONDS = 600.0  # 10 min: 768 frames at 2 fps cover 384 s; see the README
@@ -49,15 +51,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-source-pixels", type=int, default=None, help="largest decoded image accepted")
     parser.add_argument("--max-decode-seconds", type=float, default=MediaLimits.max_decode_seconds,
                         help="wall-clock budget for reading and decoding one request's media")
+    parser.add_argument("--scheduler", choices=["engine", "threads"], default="engine",
+                        help="engine: one loop batches every request's steps (default); threads: each request runs "
+                             "alone in its own thread (the old path, kept for comparison)")
+    parser.add_argument("--max-batch", type=int, default=16, help="replies the engine decodes at once; more wait")
+    parser.add_argument("--kv-gb", type=float, default=None,
+                        help="cache memory (GiB) the engine's live replies may reserve (default: 40%% of the memory "
+                             "free after loading, on the GPU with --device cuda)")
+    parser.add_argument("--cache-gb", type=float, default=1.0,
+                        help="prefix cache (GiB): conversations kept so the next turn of a client that resends the "
+                             "whole history prefills only the new part (0: off)")
+    parser.add_argument("--prefill-chunk", type=int, default=512,
+                        help="prompt tokens the engine reads per step: a long prompt never stalls others' audio more")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for model work (default: every core this process may use); give two "
+                             "processes on one machine disjoint halves, see the README")
     parser.add_argument("--log-level", default="info")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse counts out of range before anything is loaded (InputError naming the option)."""
-    for name in ("max_concurrent", "max_queue", "max_media_items", "max_tokens_limit", "default_max_tokens"):
+    for name in ("max_concurrent", "max_queue", "max_media_items", "max_tokens_limit", "default_max_tokens",
+                 "max_batch", "prefill_chunk", "threads"):
         value = getattr(args, name)
         if value is not None and value < (1 if name != "max_queue" else 0):
             raise InputError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
+    for name in ("kv_gb", "cache_gb"):
+        value = getattr(args, name)
+        if value is not None and (value != value or value < (0 if name == "cache_gb" else 0.001)):
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number of GiB, got {value}")
 
 
 def config_from_args(args: argparse.Namespace, model_path: Path | None = None, loaded=None):
@@ -86,17 +108,49 @@ def config_from_args(args: argparse.Namespace, model_path: Path | None = None, l
     name = args.served_model_name or (model_path or Path(str(args.model))).name
     max_body_bytes = int(args.max_body_mb * MIB)
     max_concurrent, max_queue = args.max_concurrent, args.max_queue
+    engine = args.scheduler == "engine"
+    if engine and max_concurrent is None:
+        # the engine admits by cache memory itself: requests in flight are bounded by their host memory
+        max_concurrent = _engine_slots(loaded, max_body_bytes, limits, args.max_media_items, args.max_batch)
     if loaded is not None and (max_concurrent is None or max_queue is None):
         derived = _derived_slots(loaded, max_body_bytes, limits, args.max_media_items)
         max_concurrent = derived[0] if max_concurrent is None else max_concurrent
         max_queue = derived[1] if max_queue is None else max_queue
+    engine_options = None
+    if engine:
+        from omni.engine import EngineOptions
+
+        kv_gb = args.kv_gb
+        if kv_gb is None and loaded is not None:
+            kv_gb = _derived_kv_gb(loaded)
+        engine_options = EngineOptions(
+            max_batch=args.max_batch, kv_budget_bytes=int(kv_gb * GIB) if kv_gb else None,
+            prefill_chunk=args.prefill_chunk, threads=args.threads, prefix_cache_bytes=int(args.cache_gb * GIB),
+        )
     return ServerConfig(
         model_name=name, max_concurrent=max_concurrent or STATIC_MAX_CONCURRENT,
         max_queue=STATIC_MAX_QUEUE if max_queue is None else max_queue,
         max_body_bytes=max_body_bytes, media_limits=limits,
         allow_private_remote=args.allow_private_media_urls, default_max_tokens=args.default_max_tokens,
-        max_tokens_limit=args.max_tokens_limit, max_media_items=args.max_media_items,
+        max_tokens_limit=args.max_tokens_limit, max_media_items=args.max_media_items, engine=engine_options,
     )
+
+
+def _engine_slots(loaded, max_body_bytes: int, limits, max_media_items: int, max_batch: int) -> int:
+    from omni.server.memory import engine_request_slots, host_free_bytes, plan_for
+
+    host = host_free_bytes() if loaded is not None else None
+    if host is None:
+        return max_batch
+    return engine_request_slots(plan_for(loaded, max_body_bytes, limits, max_media_items), host, max_batch)
+
+
+def _derived_kv_gb(loaded) -> float | None:
+    """40% of the memory free after loading (the GPU's with a CUDA model), for live replies' caches."""
+    from omni.server.memory import device_free_bytes, host_free_bytes
+
+    free = device_free_bytes(loaded.device) if loaded.device.type != "cpu" else host_free_bytes()
+    return 0.4 * free / GIB if free else None
 
 
 def _derived_slots(loaded, max_body_bytes: int, limits, max_media_items: int) -> tuple[int, int]:
@@ -129,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"omni serve: --media-root {args.media_root!r} is not a directory", file=sys.stderr)
         return 2
     check_arguments(args)  # before the model loads: a typo must not cost a 7B load to report
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False if args.text_only else None)
     from omni.warmup import warm_up
 

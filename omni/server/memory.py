@@ -126,6 +126,13 @@ def derived_limits(plan: MemoryPlan, host_free_bytes: int, device_free_bytes: in
     return concurrent, queue
 
 
+def engine_request_slots(plan: MemoryPlan, host_free_bytes: int, max_batch: int) -> int:
+    """Requests in flight with the engine, which admits replies by cache memory itself: as many as
+    their bodies and largest media items fit in 80% of the host memory, at most `max_batch`."""
+    host_slot = plan.body_bytes_per_request + plan.largest_item_bytes
+    return max(1, min(max_batch, int(0.8 * host_free_bytes) // max(1, host_slot)))
+
+
 def fit_warnings(plan: MemoryPlan, max_concurrent: int, max_queue: int, host_free_bytes: int | None,
                  device_free_bytes: int | None) -> list[str]:
     """What does not fit (for values given on the command line)."""

@@ -60,6 +60,8 @@ def usage_body(usage: Usage) -> dict[str, Any]:
         "total_tokens": usage.prompt_tokens + completion_tokens,
         "completion_tokens_details": {"text_tokens": usage.text_tokens, "audio_tokens": usage.codec_tokens,
                                       "reasoning_tokens": 0},
+        # OpenAI's field for prompt tokens served from its prompt cache: here, the prefix cache's
+        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
     }
 
 

@@ -84,6 +84,11 @@ class Thinker(nn.Module):
         position_ids: torch.Tensor,
         cache: KVCache | None = None,
         token_mask: torch.Tensor | None = None,
+        row_caches: list[KVCache] | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states (batch, seq, hidden); the logits are `self.lm_head(hidden)`."""
+        """Final-norm hidden states (batch, seq, hidden); the logits are `self.logits(hidden)`.
+        row_caches: one decode step of rows that each own a cache (the engine's batched step; see
+        QwenDecoder.forward_rows) instead of one shared `cache`."""
+        if row_caches is not None:
+            return self.model.forward_rows(inputs_embeds, position_ids, row_caches)
         return self.model(inputs_embeds, position_ids, cache=cache, token_mask=token_mask)

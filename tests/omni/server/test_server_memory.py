@@ -8,7 +8,7 @@ from omni.cli import build_parser
 from omni.encoders.limits import MediaLimits
 from omni.server.cli import config_from_args, memory_report
 from omni.server.memory import (
-    GIB, MIB, MemoryPlan, derived_limits, fit_warnings, host_free_bytes, kv_bytes_per_token, plan_for,
+    GIB, MIB, MemoryPlan, derived_limits, engine_request_slots, fit_warnings, host_free_bytes, kv_bytes_per_token, plan_for,
     video_pixels_for_context,
 )
 
@@ -63,9 +63,16 @@ def test_serve_derives_its_defaults_from_the_model_and_machine(served_model):
     args = build_parser().parse_args(["serve", "ckpt/tiny"])
     assert args.max_video_seconds == 600.0  # not an hour
     config = config_from_args(args, loaded=served_model)
-    expected = derived_limits(plan_for(served_model, config.max_body_bytes, config.media_limits, 16),
-                              host_free_bytes(), None)
-    assert (config.max_concurrent, config.max_queue) == expected
+    plan = plan_for(served_model, config.max_body_bytes, config.media_limits, 16)
+    expected = derived_limits(plan, host_free_bytes(), None)
+    # the engine (the default) admits replies by cache memory itself: the server bounds only the requests in
+    # flight, by their bodies and media in host memory, at most --max-batch
+    assert config.max_queue == expected[1]
+    assert config.max_concurrent == engine_request_slots(plan, host_free_bytes(), args.max_batch) <= args.max_batch
+    assert config.engine.max_batch == args.max_batch and config.engine.kv_budget_bytes > 0
+    threads = config_from_args(build_parser().parse_args(["serve", "ckpt/tiny", "--scheduler", "threads"]),
+                               loaded=served_model)
+    assert (threads.max_concurrent, threads.max_queue) == expected and threads.engine is None
     # a video bigger than the context could hold is never decoded
     assert config.media_limits.max_video_total_pixels == video_pixels_for_context(32768) < MediaLimits.max_video_total_pixels
     assert "per request: KV cache up to" in memory_report(served_model, config)[0]

@@ -1,0 +1,374 @@
+"""The serving engine: one loop per loaded model runs every live reply's next step, batched.
+
+Every surface (OmniSession.stream, and through it the HTTP server, the demo and the Realtime API)
+submits a prompt that is ready for the Thinker and reads the reply's events from a queue; a reply's
+events, its cancellation and its ReplyDone are what they are for a reply run alone. Each iteration
+of the loop (one thread, the only one that runs the Thinker, Talker and codec):
+
+1. drops cancelled replies (they end with ReplyDone "cancelled" within one iteration);
+2. admits waiting replies, first come first served, while the batch has room (`max_batch`) and
+   their caches fit the memory budget (`kv_budget_bytes`: each live reply reserves its prompt plus
+   max_new_tokens of Thinker cache and, when it speaks, the Talker's cache over the conversation);
+3. reads one prefill chunk (`prefill_chunk` tokens) of the oldest reply still reading its prompt, so
+   a long prompt never stalls the others by more than one chunk;
+4. runs one batched Thinker decode step for every reply whose text is still running;
+5. starts the Talker of replies whose first reply token exists (a one-row prefill over the
+   conversation) and runs one batched Talker step for every reply whose next Talker input exists;
+   new codes go into each reply's streaming codec, which decodes a window as soon as its codes
+   (and look-ahead) exist;
+6. ends replies whose text and audio are complete, and frees their Talker cache and codec state.
+
+The caches: each conversation keeps its own one-row Thinker cache (the session's, so the next turn
+of a conversation continues it without a copy), and the batched step runs the projections, MLPs and
+vocabulary projection once for all rows while attention reads each row's cache at its own length
+(`QwenDecoder.forward_rows`). That keeps a row's attention exactly what it is alone and lets a
+conversation join and leave the batch without copying its cache; the price is one attention call
+per row and layer, which a CPU does not feel and a GPU would (a slot or paged cache with one
+attention kernel over all rows is the next step there).
+
+Results do not depend on batching: each reply has its own sampler (its settings, seed and seen
+tokens), its prefill chunks are a function of its prompt only, and the batch only changes the
+floating-point summation order of the shared matrix products.
+
+Media decoding and the encoders run off the loop in `prepare` (a small worker pool): a reply
+waiting for its media never holds up the others' steps.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from omni.engine.prefix_cache import PrefixCache
+from omni.engine.reply import EngineReply, Phase, ReplyEvents
+from omni.engine.runner import prefill_chunk, talker_step, thinker_step
+from omni.errors import InputError
+from omni.kv_cache import KVCache
+from omni.pipeline import ReplyOptions, ReplyRecord, ReplyRun
+from omni.sampling import Sampler
+from omni.speech import TalkerContext
+from omni.thinker.generate import ThinkerPrompt
+
+log = logging.getLogger("omni.engine")
+GIB = 1024**3
+
+
+class CacheMemoryError(InputError):
+    """A reply's caches alone would exceed the engine's whole cache memory budget."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_batch: int = 16  # replies decoding at once; more wait their turn
+    kv_budget_bytes: int | None = None  # Thinker + Talker cache memory of the live replies (None: no limit)
+    prefill_chunk: int = 512  # prompt tokens read per iteration (a longer prompt takes several)
+    threads: int | None = None  # torch threads for model work (None: leave PyTorch's setting)
+    prepare_workers: int = 1  # threads decoding media and running the encoders
+    prefix_cache_bytes: int = 0  # conversations kept for stateless requests (0: none); see PrefixCache
+
+    def checked(self) -> EngineOptions:
+        if self.max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.prefill_chunk < 1:
+            raise InputError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be >= 1, got {self.threads}")
+        if self.prepare_workers < 1:
+            raise InputError(f"prepare_workers must be >= 1, got {self.prepare_workers}")
+        if self.prefix_cache_bytes < 0 or (self.kv_budget_bytes is not None and self.kv_budget_bytes < 1):
+            raise InputError("memory budgets must be positive")
+        return self
+
+
+class Engine:
+    def __init__(self, loaded, options: EngineOptions | None = None) -> None:
+        self.loaded = loaded
+        self.options = (options or EngineOptions()).checked()
+        self.prefix_cache = PrefixCache(self.options.prefix_cache_bytes)
+        thinker_text = loaded.config.thinker.text
+        element = loaded.model.thinker.dtype.itemsize
+        self.thinker_bytes_per_token = 2 * thinker_text.num_layers * thinker_text.num_kv_heads * thinker_text.head_dim * element
+        self.talker_bytes_per_token = 0
+        if loaded.model.audio_output:
+            talker = loaded.config.talker.decoder
+            self.talker_bytes_per_token = 2 * talker.num_layers * talker.num_kv_heads * talker.head_dim * element
+        self._cond = threading.Condition()
+        self._inbox: list[EngineReply] = []
+        self._waiting: deque[EngineReply] = deque()
+        self._live: list[EngineReply] = []
+        self._kv_reserved = 0
+        self._stopping = False
+        self._finished = 0
+        self._iterations = 0
+        self.peak_batch = 0  # the most replies live at once so far
+        self._prepare = concurrent.futures.ThreadPoolExecutor(self.options.prepare_workers,
+                                                              thread_name_prefix="omni-prepare")
+        self._thread = threading.Thread(target=self._loop, name="omni-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------------
+    # Surfaces' side
+
+    def prepare(self, work: Callable[[], Any]) -> Any:
+        """Run `work` (media decoding, encoders: everything before the Thinker) in the engine's
+        worker pool and return its result; its errors raise here."""
+        if self._stopping:
+            raise RuntimeError("the engine has been closed")
+        return self._prepare.submit(work).result()
+
+    def submit(self, loaded_prompt: ThinkerPrompt, options: ReplyOptions, cache: KVCache, cancel: threading.Event,
+               record: ReplyRecord, started_at: float | None = None, stage_s: dict[str, float] | None = None,
+               talker_history: TalkerContext | None = None, observed_ids: torch.Tensor | None = None,
+               cached_prompt_tokens: int = 0) -> ReplyEvents:
+        """Queue one reply (its prompt continues `cache`); iterate the returned events.
+
+        observed_ids: the tokens the repetition penalty has seen (default: the prompt's);
+        cached_prompt_tokens: prompt tokens a prefix-cache hit put in `cache` (counted in usage)."""
+        run = ReplyRun(self.loaded, loaded_prompt, options, record, started_at, stage_s, talker_history,
+                       cached_prompt_tokens)
+        thinker = self.loaded.model.thinker
+        sampler = Sampler(options.sampling, 1, thinker.config.text.vocab_size, thinker.device)
+        prompt_tokens = int(loaded_prompt.input_ids.shape[1])
+        kv_bytes = self._kv_need(cache, prompt_tokens, options.max_new_tokens, talker_history, run.speaks)
+        budget = self.options.kv_budget_bytes
+        if budget is not None and kv_bytes > budget:
+            raise CacheMemoryError(f"this reply needs {kv_bytes / GIB:.2f} GiB of cache memory (the conversation, "
+                                   f"{prompt_tokens} prompt tokens and max_new_tokens={options.max_new_tokens}); the "
+                                   f"engine's whole budget is {budget / GIB:.2f} GiB; ask for fewer tokens")
+        reply = EngineReply(run, loaded_prompt, cache, cancel, sampler,
+                            observed_ids if observed_ids is not None else loaded_prompt.input_ids, kv_bytes)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the engine has been closed")
+            self._inbox.append(reply)
+            self._cond.notify()
+        return ReplyEvents(reply, self._thread.is_alive)
+
+    def stats(self) -> dict:
+        with self._cond:
+            waiting = len(self._waiting) + len(self._inbox)
+            live = list(self._live)
+        return {
+            "batch_size": len(live),
+            "queue_length": waiting,
+            "prefilling": sum(r.phase is Phase.PREFILL for r in live),
+            "decoding": sum(r.phase is Phase.DECODE for r in live),
+            "speaking": sum(r.phase is Phase.SPEAKING for r in live),
+            "max_batch": self.options.max_batch,
+            "kv_reserved_bytes": self._kv_reserved,
+            "kv_budget_bytes": self.options.kv_budget_bytes,
+            "replies_finished": self._finished,
+            "iterations": self._iterations,
+            "peak_batch_size": self.peak_batch,
+            "prefix_cache": self.prefix_cache.stats(),
+        }
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+        self._prepare.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    def _kv_need(self, cache: KVCache, prompt_tokens: int, max_new_tokens: int, talker_history, speaks: bool) -> int:
+        thinker_tokens = cache.length + prompt_tokens + max_new_tokens
+        need = thinker_tokens * self.thinker_bytes_per_token
+        if speaks:
+            history = talker_history.length if talker_history is not None else 0
+            need += (history + prompt_tokens + 2 + max_new_tokens) * self.talker_bytes_per_token
+        return need
+
+    def _loop(self) -> None:
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
+        while True:
+            with self._cond:
+                while not (self._inbox or self._live or self._waiting or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    stopping = self._inbox + list(self._waiting) + self._live
+                    self._inbox, self._live = [], []
+                    self._waiting.clear()
+                    break
+                self._waiting.extend(self._inbox)
+                self._inbox = []
+            try:
+                self._iteration()
+            except BaseException as error:  # a failure outside any one reply: every live reply gets it
+                log.exception("engine iteration failed")
+                for reply in self._live:
+                    self._drop(reply, error)
+                self._live = []
+        for reply in stopping:
+            self._drop(reply, RuntimeError("the engine was closed while this reply was running"))
+
+    def _iteration(self) -> None:
+        self._iterations += 1
+        for reply in list(self._waiting):
+            if reply.cancel.is_set():
+                self._waiting.remove(reply)
+                reply.run.cancel()
+                self._end(reply)
+        for reply in list(self._live):
+            if reply.cancel.is_set():
+                reply.run.cancel()
+                self._end(reply)
+        self._admit()
+        self._prefill()
+        self._decode()
+        self._speak()
+        for reply in list(self._live):
+            if reply.phase is Phase.SPEAKING and not self._still_speaking(reply):
+                self._guarded(reply, lambda r: r.emit(r.speech.flush_codec()) if r.speech is not None else None)
+                if reply.phase is not Phase.DONE:
+                    self._end(reply)
+
+    def _admit(self) -> None:
+        budget = self.options.kv_budget_bytes
+        while self._waiting and len(self._live) < self.options.max_batch:
+            reply = self._waiting[0]
+            if budget is not None and self._live and self._kv_reserved + reply.kv_bytes > budget:
+                return  # first come, first served: it waits for memory, and so do those behind it
+            self._waiting.popleft()
+            self._kv_reserved += reply.kv_bytes
+            reply.phase = Phase.PREFILL
+            prompt_tokens = int(reply.prompt.input_ids.shape[1])
+            reply.cache.ensure_capacity(reply.cache.length + prompt_tokens + reply.run.options.max_new_tokens)
+            self._live.append(reply)
+            self.peak_batch = max(self.peak_batch, len(self._live))
+
+    def _prefill(self) -> None:
+        reply = next((r for r in self._live if r.phase is Phase.PREFILL), None)
+        if reply is None:
+            return
+        thinker = self.loaded.model.thinker
+
+        def read(r: EngineReply) -> None:
+            began = time.perf_counter()
+            step = prefill_chunk(thinker, r, self.options.prefill_chunk)
+            r.run.clock.add("prefill", time.perf_counter() - began)
+            if step is not None:
+                r.steps = 1
+                r.phase = Phase.DECODE
+                self._after_thinker_step(r, step)
+
+        self._guarded(reply, read)
+
+    def _decode(self) -> None:
+        rows = [r for r in self._live if r.phase is Phase.DECODE and r.steps > 0]
+        if not rows:
+            return
+        began = time.perf_counter()
+        try:
+            steps = thinker_step(self.loaded.model.thinker, rows)
+        except Exception as error:
+            log.exception("a batched Thinker step failed")
+            for reply in rows:
+                self._drop(reply, error)
+            return
+        share = (time.perf_counter() - began) / len(rows)
+        for reply, step in zip(rows, steps):
+            reply.steps += 1
+            reply.run.clock.add("thinker", share)
+            self._guarded(reply, lambda r, s=step: self._after_thinker_step(r, s))
+
+    def _after_thinker_step(self, reply: EngineReply, step) -> None:
+        run = reply.run
+        reply.emit(run.on_thinker_step(step))
+        if run.text_done:
+            reply.emit(run.end_text())
+            reply.phase = Phase.SPEAKING
+
+    def _speak(self) -> None:
+        model = self.loaded.model
+        for reply in list(self._live):
+            speech = reply.speech
+            if speech is not None and speech.can_start_talker():
+                self._guarded(reply, lambda r: r.emit(r.speech.start_talker()))
+        rows = [r for r in self._live if r.speech is not None and r.speech.can_step_talker()]
+        if not rows:
+            return
+        began = time.perf_counter()
+        try:
+            codes = talker_step(model.talker, [r.speech.talker for r in rows])
+        except Exception as error:
+            log.exception("a batched Talker step failed")
+            for reply in rows:
+                self._drop(reply, error)
+            return
+        share = (time.perf_counter() - began) / len(rows)
+        for reply, code in zip(rows, codes):
+            reply.speech.clock.add("talker", share)
+            if code is not None:
+                self._guarded(reply, lambda r, c=code: r.emit(r.speech.codes_out([c])))
+
+    @staticmethod
+    def _still_speaking(reply: EngineReply) -> bool:
+        speech = reply.speech
+        return speech is not None and speech.talking
+
+    def _guarded(self, reply: EngineReply, work) -> None:
+        """Run one reply's own work; an error there ends that reply only."""
+        try:
+            work(reply)
+        except Exception as error:
+            if not isinstance(error, InputError):
+                log.exception("a reply failed in the engine")
+            self._drop(reply, error)
+
+    def _end(self, reply: EngineReply) -> None:
+        """The reply is complete (or cancelled): free what it holds, post ReplyDone."""
+        self._release(reply)
+        try:
+            reply.run.close()
+            reply.finish()
+        except Exception as error:
+            reply.fail(error)
+        self._finished += 1
+
+    def _drop(self, reply: EngineReply, error: BaseException) -> None:
+        self._release(reply)
+        try:
+            reply.run.close()
+        finally:
+            reply.fail(error)
+            self._finished += 1
+
+    def _release(self, reply: EngineReply) -> None:
+        if reply in self._live:
+            self._live.remove(reply)
+            self._kv_reserved -= reply.kv_bytes
+        reply.phase = Phase.DONE
+
+
+_engines_lock = threading.Lock()
+
+
+def engine_for(loaded, options: EngineOptions | None = None) -> Engine:
+    """The loaded model's engine, started on first use (with `options`, or the defaults). Passing
+    options once an engine runs replaces it only if no reply is live (the server configures it
+    before it serves)."""
+    with _engines_lock:
+        engine = getattr(loaded, "engine", None)
+        if engine is not None and engine.alive and (options is None or options == engine.options):
+            return engine
+        if engine is not None:
+            engine.close()
+        engine = Engine(loaded, options)
+        loaded.engine = engine
+        return engine
