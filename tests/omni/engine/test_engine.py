@@ -173,3 +173,33 @@ def test_stats_show_the_batch_the_queue_and_the_cache(engine):
     for key in ("batch_size", "queue_length", "kv_reserved_bytes", "max_batch", "prefix_cache"):
         assert key in stats
     assert stats["batch_size"] == 0 and stats["kv_reserved_bytes"] == 0  # nothing live between tests
+
+
+def test_a_long_prompt_is_read_in_chunks_while_others_keep_decoding(model, monkeypatch):
+    """A reply already running gets a decode step in every iteration while a long prompt is read next
+    to it, one chunk per iteration: a newcomer never stalls it by more than one chunk."""
+    import omni.engine.engine as engine_module
+
+    log = []  # ("chunk", prompt length) / ("decode", rows) in the order the engine ran them
+    real_chunk, real_step = engine_module.prefill_chunk, engine_module.thinker_step
+    monkeypatch.setattr(engine_module, "prefill_chunk", lambda thinker, reply, chunk: (
+        log.append(("chunk", int(reply.prompt.input_ids.shape[1]))) or real_chunk(thinker, reply, chunk)))
+    monkeypatch.setattr(engine_module, "thinker_step", lambda thinker, rows: (
+        log.append(("decode", len(rows))) or real_step(thinker, rows)))
+    engine = Engine(model, EngineOptions(prefill_chunk=16))
+    no_stop = dict(logit_bias={151645: -100, 151643: -100})
+    try:
+        runner = OmniSession(model, sampling=GREEDY, engine=engine)
+        with runner.stream("Talk.", return_audio=False, max_new_tokens=400, **no_stop) as events:
+            next(events)
+            newcomer = OmniSession(model, sampling=GREEDY, engine=engine)
+            long_prompt = " ".join(f"word{i}" for i in range(150))
+            late = newcomer.reply(long_prompt, return_audio=False, max_new_tokens=2)
+        assert late.done.usage.prompt_tokens > 16 * 10
+        long_chunks = [i for i, (kind, size) in enumerate(log) if kind == "chunk" and size > 100]
+        assert len(long_chunks) == -(-late.done.usage.prompt_tokens // 16)  # read 16 tokens at a time
+        between = log[long_chunks[0]:long_chunks[-1]]
+        # between two chunks of the newcomer, the runner decoded once (alone: 1 row)
+        assert sum(kind == "decode" for kind, _ in between) == len(long_chunks) - 1
+    finally:
+        engine.close()
