@@ -1,13 +1,18 @@
 """One reply, start to finish: the Thinker streams text while (with audio) the Talker turns its
 hidden states into codec tokens and the streaming codec turns those into audio chunks.
 
-The stages are interleaved by one step scheduler running in the caller's thread, not by threads.
-Why: on a CPU every PyTorch op already uses all cores, so stage threads would only fight over them
-(and on one GPU the stages share one device anyway); one scheduler makes a reply reproducible
-step for step, lets cancellation take effect between any two steps, and keeps each stage's state an
-explicit object. Audio still starts long before the text ends, because the scheduler runs a Talker
-step as soon as the Thinker output it needs exists and decodes a codec chunk as soon as its codes
-(and look-ahead) exist: the first chunk depends on the first codec chunk only.
+`ReplyRun` is one reply's logic as explicit state (text, stop strings, what the Talker may read,
+the Talker and codec streams); it runs no Thinker forward. Two drivers run it: the serving engine
+(omni.engine), which batches the steps of every live reply, and `run_reply` here, which runs one
+reply alone in the caller's thread (the path `OmniSession(engine=False)` and the server's
+`--scheduler threads` keep for comparison).
+
+The stages are interleaved by a step scheduler, not by threads. Why: on a CPU every PyTorch op
+already uses all cores, so stage threads would only fight over them (and on one GPU the stages share
+one device anyway); one scheduler makes a reply reproducible step for step, lets cancellation take
+effect between any two steps, and keeps each stage's state an explicit object. Audio still starts
+long before the text ends, because a Talker step runs as soon as the Thinker output it needs exists
+and a codec chunk is decoded as soon as its codes (and look-ahead) exist.
 """
 
 from __future__ import annotations

@@ -208,7 +208,8 @@ class Engine:
                 self._waiting.extend(self._inbox)
                 self._inbox = []
             try:
-                self._iteration()
+                with torch.inference_mode():
+                    self._iteration()
             except BaseException as error:  # a failure outside any one reply: every live reply gets it
                 log.exception("engine iteration failed")
                 for reply in self._live:
