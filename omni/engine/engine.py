@@ -109,6 +109,8 @@ class Engine:
         self._finished = 0
         self._iterations = 0
         self.peak_batch = 0  # the most replies live at once so far
+        # seconds the loop spent per stage (the codec inside "talker" starts and steps is split out)
+        self.busy_s = {"prefill": 0.0, "thinker": 0.0, "talker": 0.0, "codec": 0.0, "talker_start": 0.0}
         self._prepare = concurrent.futures.ThreadPoolExecutor(self.options.prepare_workers,
                                                               thread_name_prefix="omni-prepare")
         self._thread = threading.Thread(target=self._loop, name="omni-engine", daemon=True)
@@ -168,6 +170,7 @@ class Engine:
             "replies_finished": self._finished,
             "iterations": self._iterations,
             "peak_batch_size": self.peak_batch,
+            "busy_s": {stage: round(seconds, 3) for stage, seconds in self.busy_s.items()},
             "prefix_cache": self.prefix_cache.stats(),
         }
 
@@ -263,6 +266,7 @@ class Engine:
             began = time.perf_counter()
             step = prefill_chunk(thinker, r, self.options.prefill_chunk)
             r.run.clock.add("prefill", time.perf_counter() - began)
+            self.busy_s["prefill"] += time.perf_counter() - began
             if step is not None:
                 r.steps = 1
                 r.phase = Phase.DECODE
@@ -282,6 +286,7 @@ class Engine:
             for reply in rows:
                 self._drop(reply, error)
             return
+        self.busy_s["thinker"] += time.perf_counter() - began
         share = (time.perf_counter() - began) / len(rows)
         for reply, step in zip(rows, steps):
             reply.steps += 1
@@ -300,7 +305,9 @@ class Engine:
         for reply in list(self._live):
             speech = reply.speech
             if speech is not None and speech.can_start_talker():
+                began = time.perf_counter()
                 self._guarded(reply, lambda r: r.emit(r.speech.start_talker()))
+                self.busy_s["talker_start"] += time.perf_counter() - began
         rows = [r for r in self._live if r.speech is not None and r.speech.can_step_talker()]
         if not rows:
             return
@@ -312,11 +319,14 @@ class Engine:
             for reply in rows:
                 self._drop(reply, error)
             return
+        self.busy_s["talker"] += time.perf_counter() - began
         share = (time.perf_counter() - began) / len(rows)
+        began = time.perf_counter()
         for reply, code in zip(rows, codes):
             reply.speech.clock.add("talker", share)
             if code is not None:
                 self._guarded(reply, lambda r, c=code: r.emit(r.speech.codes_out([c])))
+        self.busy_s["codec"] += time.perf_counter() - began
 
     @staticmethod
     def _still_speaking(reply: EngineReply) -> bool:
