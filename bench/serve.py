@@ -7,7 +7,8 @@ Load mode (default): starts two servers on the same random-weight checkpoint, on
 (`--scheduler engine`, the default) and one with today's one-thread-per-request path (`--scheduler
 threads`), each sends one warm-up request, then the two take turns: for every concurrency level in
 `--levels` (and `--repeats` times at `--requests`), N concurrent streaming requests asking for text and
-audio. Figures per side and level: time to the first audio byte and first text (p50/p95, from
+audio; then the headline load once more asking for text only (`--text-tokens` per reply), where the
+batched Thinker is all the work (`text_throughput_ratio`, text tokens per second engine / threads). Figures per side and level: time to the first audio byte and first text (p50/p95, from
 sending the request), audio seconds produced per wall second, errors. `throughput_ratio` is engine /
 threads audio-seconds-per-second at `--requests` (median over repeats), `single_user_ttfa_ratio`
 engine / threads median time to first audio with one request.
@@ -99,6 +100,7 @@ async def _one_request(client: httpx.AsyncClient, url: str, messages: list, args
     started = time.perf_counter()
     first_text = first_audio = None
     audio_bytes = 0
+    tokens = 0
     text = ""
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -109,6 +111,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, messages: list, args
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 return {"error": chunk["error"]["message"]}
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens_details"]["text_tokens"]
             for choice in chunk.get("choices", []):
                 delta = choice["delta"]
                 audio = delta.get("audio") or {}
@@ -123,15 +127,16 @@ async def _one_request(client: httpx.AsyncClient, url: str, messages: list, args
                     if first_audio is None:
                         first_audio = now
     return {"first_text_s": first_text, "first_audio_s": first_audio, "total_s": time.perf_counter() - started,
-            "audio_s": audio_bytes / 2 / 24000, "text": text}
+            "audio_s": audio_bytes / 2 / 24000, "text": text, "text_tokens": tokens}
 
 
-async def _load(url: str, requests: int, args) -> dict:
+async def _load(url: str, requests: int, args, spoken: bool | None = None) -> dict:
+    spoken = not args.text_only if spoken is None else spoken
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0)) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(
             _one_request(client, url, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], args,
-                         spoken=not args.text_only) for i in range(requests)))
+                         spoken=spoken) for i in range(requests)))
         wall_s = time.perf_counter() - started
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
@@ -139,6 +144,7 @@ async def _load(url: str, requests: int, args) -> dict:
         print(f"error: {message}", file=sys.stderr)
     audio_total = sum(r["audio_s"] for r in ok)
     return {"wall_s": wall_s, "audio_s": audio_total, "audio_s_per_s": audio_total / wall_s,
+            "text_tokens_per_s": sum(r["text_tokens"] for r in ok) / wall_s,
             "first_audio": [r["first_audio_s"] for r in ok if r["first_audio_s"] is not None],
             "first_text": [r["first_text_s"] for r in ok if r["first_text_s"] is not None],
             "errors": len(errors), "texts": [r["text"] for r in ok]}
@@ -176,6 +182,16 @@ def load_mode(checkpoint: Path, args) -> dict:
                 runs.setdefault((name, level), []).append(result)
                 print(f"{name} x{level}: {result['audio_s_per_s']:.3f} audio s/s, first audio p50 "
                       f"{_percentile(result['first_audio'], 0.5)} s, errors {result['errors']}", file=sys.stderr)
+        text_runs: dict[str, list[float]] = {"engine": [], "threads": []}
+        if args.text_tokens:
+            # the same load asking for text only (longer replies): what batching the Thinker alone gives
+            text_args = argparse.Namespace(**{**vars(args), "max_tokens": args.text_tokens})
+            for repeat in range(args.repeats):
+                for name in (["engine", "threads"] if repeat % 2 == 0 else ["threads", "engine"]):
+                    result = asyncio.run(_load(servers[name].url, args.requests, text_args, spoken=False))
+                    text_runs[name].append(result["text_tokens_per_s"])
+                    print(f"{name} x{args.requests} text only: {result['text_tokens_per_s']:.1f} tokens/s",
+                          file=sys.stderr)
         engine_stats = engine.stats().get("engine", {})
     finally:
         for server in servers.values():
@@ -202,6 +218,12 @@ def load_mode(checkpoint: Path, args) -> dict:
         "errors": sum(f["errors"] for f in figures.values()),
         "same_texts_engine_and_threads": same_text,
         "peak_batch_size": engine_stats.get("peak_batch_size"),
+        "engine_busy_s": engine_stats.get("busy_s"),
+        **({"text_tokens_per_s_engine": round(statistics.median(text_runs["engine"]), 2),
+            "text_tokens_per_s_threads": round(statistics.median(text_runs["threads"]), 2),
+            "text_throughput_ratio": round(statistics.median(text_runs["engine"])
+                                           / statistics.median(text_runs["threads"]), 3)}
+           if text_runs["engine"] else {}),
         "levels": figures,
     }
 
@@ -211,9 +233,9 @@ def _media_urls() -> tuple[str, str]:
     from omni.tools.media_factory import drawing, tone
 
     image = io.BytesIO()
-    drawing(640, 480, seed=1).save(image, format="PNG")
-    waveform = tone(2.0, 440.0, rate=16000).astype(np.float32).reshape(-1)
-    return ("data:image/png;base64," + base64.b64encode(image.getvalue()).decode(),
+    drawing(1280, 960, seed=1).save(image, format="JPEG", quality=90)  # a phone photo's size, as bench/preprocess.py
+    waveform = tone(8.0, 440.0, rate=16000).astype(np.float32).reshape(-1)  # an 8 s question
+    return ("data:image/jpeg;base64," + base64.b64encode(image.getvalue()).decode(),
             base64.b64encode(wav_bytes(waveform, 16000)).decode())
 
 
@@ -278,6 +300,8 @@ def main() -> None:
                         help="text tokens per reply (a random-weight Talker speaks up to ~50 codec tokens per text token)")
     parser.add_argument("--voice", default="Chelsie")
     parser.add_argument("--text-only", action="store_true", help="ask for text only")
+    parser.add_argument("--text-tokens", type=int, default=128,
+                        help="load mode: also run the headline load text-only with this many tokens per reply (0: skip)")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="--threads for both servers")
