@@ -129,7 +129,14 @@ class SpeechStages:
         return self.speaks and not self.talker.started and bool(self._before_start)
 
     def start_talker(self) -> list[AudioChunk]:
-        """The Talker's prefill over the conversation and the first reply part; its first code."""
+        """The Talker's prefill over the conversation and the first reply part; the chunks its first
+        code made ready."""
+        code = self.start_talker_code()
+        return self.codes_out([code]) if code is not None else []
+
+    def start_talker_code(self) -> int | None:
+        """The Talker's prefill; its first code (None: it ended the utterance at once). The caller
+        hands the code to the codec (`codes_out`)."""
         began = time.perf_counter()
         context = TalkerContext.join([self.history, self.prompt_context]) if self.history else self.prompt_context
         code = self.talker.start(context.embeds, context.positions, self.next_position,
@@ -140,7 +147,7 @@ class SpeechStages:
         if self._text_finished:
             self.talker.finish_text()
         self.clock.add("talker", time.perf_counter() - began)
-        return self.codes_out([code])
+        return code
 
     def can_step_talker(self) -> bool:
         return self.talker.can_step()

@@ -13,10 +13,15 @@ of the loop (one thread, the only one that runs the Thinker, Talker and codec):
    a long prompt never stalls the others by more than one chunk;
 4. runs one batched Thinker decode step for every reply whose text is still running;
 5. starts the Talker of replies whose first reply token exists (a one-row prefill over the
-   conversation) and runs one batched Talker step for every reply whose next Talker input exists;
-   new codes go into each reply's streaming codec, which decodes a window as soon as its codes
-   (and look-ahead) exist;
-6. ends replies whose text and audio are complete, and frees their Talker cache and codec state.
+   conversation) and runs one batched Talker step for every reply whose next Talker input exists
+   (and which is less than TALKER_LEAD_CODES ahead of its codec);
+6. hands each reply's new codes to a codec worker, which decodes its windows as soon as their codes
+   (and look-ahead) exist: one job per reply at a time, so its chunks stay in order, different
+   replies' windows in parallel, while the loop goes on with the next Thinker and Talker steps. On a
+   CPU the codec (DiT + BigVGAN) is most of a spoken reply's work and its windows are large enough
+   to be compute-bound: batching eight windows costs as much per window as one (measured, small
+   preset), so the codec gains from running beside the loop, not from batching;
+7. ends replies whose text and audio are complete, and frees their Talker cache and codec state.
 
 The caches: each conversation keeps its own one-row Thinker cache (the session's, so the next turn
 of a conversation continues it without a copy), and the batched step runs the projections, MLPs and
@@ -31,7 +36,8 @@ tokens), its prefill chunks are a function of its prompt only, and the batch onl
 floating-point summation order of the shared matrix products.
 
 Media decoding and the encoders run off the loop in `prepare` (a small worker pool): a reply
-waiting for its media never holds up the others' steps.
+waiting for its media never holds up the others' steps. All threads the engine starts (the loop,
+the codec workers, the prepare pool) share the one torch thread setting (`threads`).
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ from omni.thinker.generate import ThinkerPrompt
 
 log = logging.getLogger("omni.engine")
 GIB = 1024**3
+# A reply's Talker runs at most this many codes ahead of what its codec has taken (one later chunk
+# of the default schedule: 192 mel frames): work a barge-in would throw away stays bounded, and when
+# the codec is the bottleneck the cores go to it rather than to codes nobody can hear yet.
+TALKER_LEAD_CODES = 96
 
 
 class CacheMemoryError(InputError):
@@ -72,6 +82,9 @@ class EngineOptions:
     prefill_chunk: int = 512  # prompt tokens read per iteration (a longer prompt takes several)
     threads: int | None = None  # torch threads for model work (None: leave PyTorch's setting)
     prepare_workers: int = 1  # threads decoding media and running the encoders
+    # threads decoding codec windows (one reply's windows in order, different replies' in parallel),
+    # while the loop runs the next Thinker and Talker steps; None: as many as torch threads
+    codec_workers: int | None = None
     prefix_cache_bytes: int = 0  # conversations kept for stateless requests (0: none); see PrefixCache
 
     def checked(self) -> EngineOptions:
@@ -83,6 +96,8 @@ class EngineOptions:
             raise InputError(f"threads must be >= 1, got {self.threads}")
         if self.prepare_workers < 1:
             raise InputError(f"prepare_workers must be >= 1, got {self.prepare_workers}")
+        if self.codec_workers is not None and self.codec_workers < 1:
+            raise InputError(f"codec_workers must be >= 1, got {self.codec_workers}")
         if self.prefix_cache_bytes < 0 or (self.kv_budget_bytes is not None and self.kv_budget_bytes < 1):
             raise InputError("memory budgets must be positive")
         return self
@@ -113,6 +128,8 @@ class Engine:
         self.busy_s = {"prefill": 0.0, "thinker": 0.0, "talker": 0.0, "codec": 0.0, "talker_start": 0.0}
         self._prepare = concurrent.futures.ThreadPoolExecutor(self.options.prepare_workers,
                                                               thread_name_prefix="omni-prepare")
+        codec_workers = self.options.codec_workers or self.options.threads or torch.get_num_threads()
+        self._codec = concurrent.futures.ThreadPoolExecutor(codec_workers, thread_name_prefix="omni-codec")
         self._thread = threading.Thread(target=self._loop, name="omni-engine", daemon=True)
         self._thread.start()
 
@@ -180,6 +197,7 @@ class Engine:
             self._cond.notify()
         self._thread.join(timeout=30)
         self._prepare.shutdown(wait=False, cancel_futures=True)
+        self._codec.shutdown(wait=False, cancel_futures=True)
 
     @property
     def alive(self) -> bool:
@@ -212,7 +230,11 @@ class Engine:
                 self._inbox = []
             try:
                 with torch.inference_mode():
-                    self._iteration()
+                    progressed = self._iteration()
+                if not progressed:  # every live reply waits for its codec job: sleep until one ends
+                    with self._cond:
+                        if not self._inbox and not self._stopping:
+                            self._cond.wait(timeout=0.05)
             except BaseException as error:  # a failure outside any one reply: every live reply gets it
                 log.exception("engine iteration failed")
                 for reply in self._live:
@@ -221,26 +243,67 @@ class Engine:
         for reply in stopping:
             self._drop(reply, RuntimeError("the engine was closed while this reply was running"))
 
-    def _iteration(self) -> None:
+    def _iteration(self) -> bool:
+        """One pass over the live replies; False when nothing could run (all wait for the codec)."""
         self._iterations += 1
+        ended = self._finished
         for reply in list(self._waiting):
             if reply.cancel.is_set():
                 self._waiting.remove(reply)
                 reply.run.cancel()
                 self._end(reply)
         for reply in list(self._live):
-            if reply.cancel.is_set():
+            if reply.cancel.is_set() and not reply.codec_busy:  # a codec job finishes its window first
                 reply.run.cancel()
                 self._end(reply)
         self._admit()
-        self._prefill()
-        self._decode()
-        self._speak()
+        progressed = self._prefill()
+        progressed |= self._decode()
+        progressed |= self._speak()
+        progressed |= self._run_codec()
+        return progressed or self._finished != ended
+
+    def _run_codec(self) -> bool:
+        """Hand each reply's new codes to a codec worker (one job per reply at a time); end the
+        replies whose audio is complete."""
+        submitted = False
         for reply in list(self._live):
-            if reply.phase is Phase.SPEAKING and not self._still_speaking(reply):
-                self._guarded(reply, lambda r: r.emit(r.speech.flush_codec()) if r.speech is not None else None)
-                if reply.phase is not Phase.DONE:
+            if reply.codec_busy:
+                continue
+            if reply.codec_job is not None:
+                job, reply.codec_job = reply.codec_job, None
+                if job.exception() is not None:
+                    self._drop(reply, job.exception())
+                    continue
+            speech = reply.speech
+            if speech is not None and reply.codec_codes:
+                codes, reply.codec_codes = reply.codec_codes, []
+                reply.codec_job = self._codec_job(reply, lambda s=speech, c=codes: s.codes_out(c))
+                submitted = True
+            elif reply.phase is Phase.SPEAKING and not self._still_speaking(reply):
+                if speech is not None and not reply.codec_flushed:
+                    reply.codec_flushed = True
+                    reply.codec_job = self._codec_job(reply, speech.flush_codec)
+                    submitted = True
+                else:
                     self._end(reply)
+                    submitted = True
+        return submitted
+
+    def _codec_job(self, reply: EngineReply, work):
+        def job():
+            began = time.perf_counter()
+            with torch.inference_mode():
+                reply.emit(work())
+            self.busy_s["codec"] += time.perf_counter() - began
+
+        future = self._codec.submit(job)
+        future.add_done_callback(self._wake)
+        return future
+
+    def _wake(self, _future=None) -> None:
+        with self._cond:
+            self._cond.notify()
 
     def _admit(self) -> None:
         budget = self.options.kv_budget_bytes
@@ -256,10 +319,10 @@ class Engine:
             self._live.append(reply)
             self.peak_batch = max(self.peak_batch, len(self._live))
 
-    def _prefill(self) -> None:
+    def _prefill(self) -> bool:
         reply = next((r for r in self._live if r.phase is Phase.PREFILL), None)
         if reply is None:
-            return
+            return False
         thinker = self.loaded.model.thinker
 
         def read(r: EngineReply) -> None:
@@ -273,11 +336,12 @@ class Engine:
                 self._after_thinker_step(r, step)
 
         self._guarded(reply, read)
+        return True
 
-    def _decode(self) -> None:
+    def _decode(self) -> bool:
         rows = [r for r in self._live if r.phase is Phase.DECODE and r.steps > 0]
         if not rows:
-            return
+            return False
         began = time.perf_counter()
         try:
             steps = thinker_step(self.loaded.model.thinker, rows)
@@ -285,13 +349,14 @@ class Engine:
             log.exception("a batched Thinker step failed")
             for reply in rows:
                 self._drop(reply, error)
-            return
+            return True
         self.busy_s["thinker"] += time.perf_counter() - began
         share = (time.perf_counter() - began) / len(rows)
         for reply, step in zip(rows, steps):
             reply.steps += 1
             reply.run.clock.add("thinker", share)
             self._guarded(reply, lambda r, s=step: self._after_thinker_step(r, s))
+        return True
 
     def _after_thinker_step(self, reply: EngineReply, step) -> None:
         run = reply.run
@@ -300,17 +365,20 @@ class Engine:
             reply.emit(run.end_text())
             reply.phase = Phase.SPEAKING
 
-    def _speak(self) -> None:
+    def _speak(self) -> bool:
         model = self.loaded.model
+        started = False
         for reply in list(self._live):
             speech = reply.speech
             if speech is not None and speech.can_start_talker():
                 began = time.perf_counter()
-                self._guarded(reply, lambda r: r.emit(r.speech.start_talker()))
+                self._guarded(reply, self._start_talker)
                 self.busy_s["talker_start"] += time.perf_counter() - began
-        rows = [r for r in self._live if r.speech is not None and r.speech.can_step_talker()]
+                started = True
+        rows = [r for r in self._live if r.speech is not None and r.speech.can_step_talker()
+                and len(r.codec_codes) < TALKER_LEAD_CODES]
         if not rows:
-            return
+            return started
         began = time.perf_counter()
         try:
             codes = talker_step(model.talker, [r.speech.talker for r in rows])
@@ -318,15 +386,20 @@ class Engine:
             log.exception("a batched Talker step failed")
             for reply in rows:
                 self._drop(reply, error)
-            return
+            return True
         self.busy_s["talker"] += time.perf_counter() - began
         share = (time.perf_counter() - began) / len(rows)
-        began = time.perf_counter()
         for reply, code in zip(rows, codes):
             reply.speech.clock.add("talker", share)
             if code is not None:
-                self._guarded(reply, lambda r, c=code: r.emit(r.speech.codes_out([c])))
-        self.busy_s["codec"] += time.perf_counter() - began
+                reply.codec_codes.append(code)
+        return True
+
+    @staticmethod
+    def _start_talker(reply: EngineReply) -> None:
+        code = reply.speech.start_talker_code()
+        if code is not None:
+            reply.codec_codes.append(code)
 
     @staticmethod
     def _still_speaking(reply: EngineReply) -> bool:
@@ -344,6 +417,7 @@ class Engine:
 
     def _end(self, reply: EngineReply) -> None:
         """The reply is complete (or cancelled): free what it holds, post ReplyDone."""
+        self._settle_codec(reply)
         self._release(reply)
         try:
             reply.run.close()
@@ -353,12 +427,21 @@ class Engine:
         self._finished += 1
 
     def _drop(self, reply: EngineReply, error: BaseException) -> None:
+        self._settle_codec(reply)
         self._release(reply)
         try:
             reply.run.close()
         finally:
             reply.fail(error)
             self._finished += 1
+
+    @staticmethod
+    def _settle_codec(reply: EngineReply) -> None:
+        """Wait for the reply's codec job (at most one window) before its codec state is freed."""
+        job = reply.codec_job
+        if job is not None:
+            concurrent.futures.wait([job])
+            reply.codec_job = None
 
     def _release(self, reply: EngineReply) -> None:
         if reply in self._live:

@@ -58,11 +58,19 @@ class EngineReply:
         self.next_token = -1  # the token the next decode step feeds
         self.next_position = 0
         self.submitted_at = time.perf_counter()
+        # the codec runs in the engine's codec workers, one job per reply at a time, in order
+        self.codec_codes: list[int] = []  # codes the Talker produced that the codec has not taken yet
+        self.codec_job = None  # the running job (a Future), or None
+        self.codec_flushed = False  # the last job (the codec's final chunks) has been submitted
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         # what the caller has received (see ReplyEvents), under `delivery`
         self.delivery = threading.Lock()
         self.delivered_chars = 0
         self.delivered_samples = 0
+
+    @property
+    def codec_busy(self) -> bool:
+        return self.codec_job is not None and not self.codec_job.done()
 
     @property
     def speech(self):
