@@ -375,8 +375,11 @@ class Engine:
                 self._guarded(reply, self._start_talker)
                 self.busy_s["talker_start"] += time.perf_counter() - began
                 started = True
+        # a reply whose first audio chunk is being decoded lets it have the cores (its time to first
+        # audio is what a listener waits for); after that its Talker runs up to TALKER_LEAD_CODES ahead
         rows = [r for r in self._live if r.speech is not None and r.speech.can_step_talker()
-                and len(r.codec_codes) < TALKER_LEAD_CODES]
+                and len(r.codec_codes) < TALKER_LEAD_CODES
+                and not (r.codec_busy and r.speech.progress.chunks_out == 0)]
         if not rows:
             return started
         began = time.perf_counter()
