@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import DiTConfig
-from omni.layers import rotate_half
 from omni.rope import inverse_frequencies
 from omni.talker.speaker_encoder import SpeakerEncoder
 
@@ -32,10 +31,12 @@ class AdaLayerNormZero(nn.Module):
         super().__init__()
         self.linear = nn.Linear(dim, dim * 6)
 
-    def forward(self, hidden: torch.Tensor, time: torch.Tensor):
-        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.linear(F.silu(time)).chunk(6, dim=1)
-        normed = F.layer_norm(hidden, hidden.shape[-1:], eps=1e-6) * (1 + scale_attn[:, None]) + shift_attn[:, None]
-        return normed, gate_attn, shift_mlp, scale_mlp, gate_mlp
+    def modulation(self, time: torch.Tensor) -> torch.Tensor:
+        """time embeddings (evaluations, dim) -> (evaluations, 6, dim): shift, 1 + scale and gate for
+        the attention, then for the MLP (1 + scale, so that it is the layer norm's weight)."""
+        modulation = self.linear(F.silu(time)).unflatten(1, (6, -1))
+        modulation[:, 1::3] += 1
+        return modulation
 
 
 class AdaLayerNormZeroFinal(nn.Module):
@@ -43,9 +44,11 @@ class AdaLayerNormZeroFinal(nn.Module):
         super().__init__()
         self.linear = nn.Linear(dim, dim * 2)
 
-    def forward(self, hidden: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.linear(F.silu(time)).chunk(2, dim=1)
-        return F.layer_norm(hidden, hidden.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+    def modulation(self, time: torch.Tensor) -> torch.Tensor:
+        """time embeddings (evaluations, dim) -> (evaluations, 2, dim): 1 + scale, shift."""
+        modulation = self.linear(F.silu(time)).unflatten(1, (2, -1))
+        modulation[:, 0] += 1
+        return modulation
 
 
 class FeedForward(nn.Module):
@@ -70,27 +73,26 @@ class BlockAttention(nn.Module):
         self.to_v = nn.Linear(config.hidden_size, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, config.hidden_size)])
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """Returns the output and this call's (rotated) keys and values; `past` keys/values (of the
-        block before the window, rotated at their own positions) are attended to first."""
+    def stacked_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The q, k and v projections as one (weight, bias): one matrix product instead of three."""
+        return (torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]),
+                torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias]))
+
+    def forward(self, hidden: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor], rotation: torch.Tensor,
+                mask: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Returns the output and this call's (rotated) keys and values, (batch, heads, frames,
+        head_dim); `past` keys/values (of the block before the window, rotated at their own
+        positions) are attended to first."""
         batch, frames, _ = hidden.shape
-        shape = (batch, frames, self.heads, self.head_dim)
-        q = self.to_q(hidden).view(shape).transpose(1, 2)
-        k = self.to_k(hidden).view(shape).transpose(1, 2)
-        v = self.to_v(hidden).view(shape).transpose(1, 2)
+        qkv = F.linear(hidden, *projection).view(batch, frames, 3, self.heads, self.head_dim)
         # The checkpoint was trained with rotary positions on the first head only, in the interleaved
-        # (x0, x1), (x2, x3) pair layout: move that head to the half-split layout and rotate it.
-        q = torch.cat([_rotate_first_head(q[:, :1], cos, sin), q[:, 1:]], dim=1)
-        k = torch.cat([_rotate_first_head(k[:, :1], cos, sin), k[:, 1:]], dim=1)
+        # (x0, x1), (x2, x3) pair layout: rotate those pairs of q and k in place as complex numbers.
+        first_heads = torch.view_as_complex(qkv[:, :, :2, 0].unflatten(-1, (-1, 2)))
+        first_heads.mul_(rotation[:, None])
+        q, k, v = (part.transpose(1, 2) for part in qkv.unbind(2))
         keys, values = (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)) if past is not None else (k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.to_out[0](out.transpose(1, 2).reshape(batch, frames, self.heads * self.head_dim)), k, v
-
-
-def _rotate_first_head(head: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    head = torch.cat([head[..., 0::2], head[..., 1::2]], dim=-1)
-    return head * cos + rotate_half(head) * sin
 
 
 class DiTBlock(nn.Module):
@@ -102,12 +104,15 @@ class DiTBlock(nn.Module):
         self.attn = BlockAttention(config)
         self.ff = FeedForward(config.hidden_size, config.ff_mult)
 
-    def forward(self, hidden, time, cos, sin, mask, past=None):
-        normed, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(hidden, time)
-        attended, keys, values = self.attn(normed, cos, sin, mask, past)
-        hidden = hidden + gate_attn[:, None] * attended
-        normed = F.layer_norm(hidden, hidden.shape[-1:], eps=1e-6) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        return hidden + gate_mlp[:, None] * self.ff(normed), keys, values
+    def forward(self, hidden, modulation, projection, rotation, mask, past=None):
+        """modulation (6, hidden): this evaluation's row of `AdaLayerNormZero.modulation`."""
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = modulation.unbind(0)
+        width = hidden.shape[-1:]
+        normed = F.layer_norm(hidden, width, scale_attn, shift_attn, eps=1e-6)
+        attended, keys, values = self.attn(normed, projection, rotation, mask, past)
+        hidden = torch.addcmul(hidden, attended, gate_attn)
+        normed = F.layer_norm(hidden, width, scale_mlp, shift_mlp, eps=1e-6)
+        return torch.addcmul(hidden, self.ff(normed), gate_mlp), keys, values
 
 
 class TimestepEmbedding(nn.Module):
@@ -164,6 +169,18 @@ class DiTCondition:
     projected: torch.Tensor  # (2 * batch, frames, hidden)
 
 
+@dataclass
+class DiTSteps:
+    """What the DiT needs at each velocity evaluation of one integration that depends on neither
+    the frames nor the codes, prepared for all evaluations at once: the time embedding's layer-norm
+    modulations (per evaluation some 30 operations on a few hundred numbers, which in a short
+    streaming window cost about as much as the frames themselves) and the stacked q/k/v weights."""
+
+    modulation: torch.Tensor  # (evaluations, layers, 6, hidden): see AdaLayerNormZero.modulation
+    final_modulation: torch.Tensor  # (evaluations, 2, hidden): see AdaLayerNormZeroFinal.modulation
+    projections: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: BlockAttention.stacked_projection
+
+
 class DiT(nn.Module):
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -198,11 +215,12 @@ class DiT(nn.Module):
         ])
         return DiTCondition(projected)
 
-    def attention_masks(self, frames: int, device: torch.device, past_frames: int = 0
+    def attention_masks(self, frames: int, device: torch.device, past_frames: int = 0, dtype: torch.dtype = torch.float32
                         ) -> dict[tuple[bool, bool], torch.Tensor | None]:
-        """Boolean (frames, keys) masks per (looks_back, looks_ahead) kind of layer. With
-        `past_frames` (one block of remembered keys before the window), look-back layers see them
-        as the block before the window's first."""
+        """Additive (frames, keys) masks (0 where a frame may attend, -inf elsewhere) per
+        (looks_back, looks_ahead) kind of layer: what attention makes of a boolean mask at every
+        call, made once per window. With `past_frames` (one block of remembered keys before the
+        window), look-back layers see them as the block before the window's first."""
         block = self.config.block_size
         query_block = torch.arange(frames, device=device) // block
         masks = {}
@@ -215,26 +233,36 @@ class DiT(nn.Module):
                 key_block = torch.div(torch.arange(-past_frames, frames, device=device), block, rounding_mode="floor")
             offset = key_block[None, :] - query_block[:, None]
             mask = (offset >= -int(layer.looks_back)) & (offset <= int(layer.looks_ahead))
-            masks[kind] = None if bool(mask.all()) else mask
+            masks[kind] = None if bool(mask.all()) else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, -torch.inf)
         return masks
 
-    def rotary(self, frames: int, device: torch.device, dtype: torch.dtype, start: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def steps(self, times: torch.Tensor) -> DiTSteps:
+        """Prepare the evaluations at flow times `times` (evaluations,)."""
+        time_embeds = self.time_embed(times)
+        return DiTSteps(
+            modulation=torch.stack([layer.attn_norm.modulation(time_embeds) for layer in self.transformer_blocks], dim=1),
+            final_modulation=self.norm_out.modulation(time_embeds),
+            projections=[layer.attn.stacked_projection() for layer in self.transformer_blocks],
+        )
+
+    def rotation(self, frames: int, device: torch.device, start: int = 0) -> torch.Tensor:
+        """The rotary positions of frames start.. as unit complex numbers (frames, head_dim / 2)."""
         angles = torch.arange(start, start + frames, device=device).float()[:, None] * self.inv_freq[None]
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        return torch.complex(angles.cos(), angles.sin())
 
     def velocity(
         self,
         noisy_mel: torch.Tensor,
-        time: torch.Tensor,
+        steps: DiTSteps,
+        evaluation: int,
         condition: DiTCondition,
-        rotary: tuple[torch.Tensor, torch.Tensor],
+        rotation: torch.Tensor,
         masks: dict[tuple[bool, bool], torch.Tensor | None],
         past: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
         remember: tuple[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None,
     ) -> torch.Tensor:
-        """The predicted flow (2 * batch, frames, mel_dim) for both guidance branches, at flow time `time` (0-d).
+        """The predicted flow (2 * batch, frames, mel_dim) for both guidance branches, at the flow
+        time of `steps`' evaluation number `evaluation`.
 
         past: per look-back layer, keys/values of the block before the window (streaming).
         remember: (first frame, store): put each look-back layer's keys/values of the block that
@@ -242,14 +270,15 @@ class DiT(nn.Module):
         branches = condition.projected.shape[0]
         hidden = self.input_embed(torch.cat([noisy_mel, noisy_mel]) if noisy_mel.shape[0] != branches else noisy_mel,
                                   condition.projected)
-        time_embeds = self.time_embed(time.reshape(1).expand(branches))
-        cos, sin = rotary
+        modulation = steps.modulation[evaluation]
         for index, layer in enumerate(self.transformer_blocks):
             layer_past = past.get(index) if past and layer.looks_back else None
-            hidden, keys, values = layer(hidden, time_embeds, cos, sin, masks[(layer.looks_back, layer.looks_ahead)],
-                                         layer_past)
+            hidden, keys, values = layer(hidden, modulation[index], steps.projections[index], rotation,
+                                         masks[(layer.looks_back, layer.looks_ahead)], layer_past)
             if remember is not None and layer.looks_back:
                 first, store = remember
                 block = slice(first, first + self.config.block_size)
-                store[index] = (keys[:, :, block], values[:, :, block])
-        return self.proj_out(self.norm_out(hidden, time_embeds))
+                # copies: a view would keep this evaluation's whole q/k/v alive until the next window
+                store[index] = (keys[:, :, block].clone(), values[:, :, block].clone())
+        scale, shift = steps.final_modulation[evaluation].unbind(0)
+        return self.proj_out(F.layer_norm(hidden, hidden.shape[-1:], scale, shift, eps=1e-6))

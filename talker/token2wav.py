@@ -17,7 +17,7 @@ from omni.config import BigVGANConfig, DiTConfig
 from omni.errors import InputError, UnknownVoiceError
 from omni.talker.bigvgan import BigVGAN
 from omni.talker.dit import DiT
-from omni.talker.flow import FlowOptions, guided, integrate, time_grid
+from omni.talker.flow import FlowOptions, evaluation_times, guided, integrate, time_grid
 
 
 MEL_FRAMES_PER_SECOND = 100  # the codec's mel rate (codes run at 50 Hz with repeats 2)
@@ -136,23 +136,23 @@ class Token2Wav(nn.Module):
         dit = self.code2wav_dit_model
         frames = codes.shape[1] * self.dit_config.repeats
         condition = dit.condition(codes.to(self.device), voice.cond, voice.speaker, voice.null_speaker)
-        rotary = dit.rotary(frames, self.device, torch.float32, start=start_frame)
+        grid = time_grid(flow, self.device)
+        steps = dit.steps(evaluation_times(grid))
+        rotation = dit.rotation(frames, self.device, start=start_frame)
         past_frames = self.dit_config.block_size if past else 0
         masks = dit.attention_masks(frames, self.device, past_frames)
         memory: list[dict] | None = [] if remember_from is not None else None
-        evaluation = 0
 
-        def velocity(time: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-            nonlocal evaluation
+        def velocity(evaluation: int, state: torch.Tensor) -> torch.Tensor:
             remember = None
             if memory is not None:
                 memory.append({})
                 remember = (remember_from, memory[-1])
-            prediction = dit.velocity(state, time, condition, rotary, masks, past[evaluation] if past else None, remember)
-            evaluation += 1
+            prediction = dit.velocity(state, steps, evaluation, condition, rotation, masks,
+                                      past[evaluation] if past else None, remember)
             return guided(prediction, flow.guidance_scale)
 
-        return integrate(velocity, initial_noise.reshape(1, frames, -1), time_grid(flow, self.device)), memory
+        return integrate(velocity, initial_noise.reshape(1, frames, -1), grid), memory
 
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,30 @@ def test_first_chunk_comes_as_soon_as_its_codes_and_look_ahead_exist(tiny_speech
     assert all(c.dtype == torch.float32 and c.abs().max() <= 1.0 for c in chunks)
 
 
+def test_short_windows_run_on_one_thread_with_the_same_audio(tiny_speech_model, monkeypatch):
+    t2w = tiny_speech_model.model.token2wav
+    voice = t2w.voice("Chelsie", tiny_speech_model.speakers["Chelsie"])
+    codes = _codes(100, seed=4)
+    threads = torch.get_num_threads()
+    seen = []
+    mel_window = t2w.mel_window
+
+    def recording(codes, *args, **kwargs):
+        seen.append((codes.shape[1] * t2w.mel_frames_per_code, torch.get_num_threads()))
+        return mel_window(codes, *args, **kwargs)
+
+    monkeypatch.setattr(t2w, "mel_window", recording)
+    schedule = ChunkSchedule()  # windows of 48, 96, then 104 frames (the remainder)
+    chunks, _ = _stream(t2w, voice, codes, seed=2, schedule=schedule)
+    assert torch.get_num_threads() == threads
+    assert [frames for frames, _ in seen] == [48, 96, 104]
+    assert all((used == 1) == (frames < schedule.one_thread_below_frames or threads == 1) for frames, used in seen)
+    shared, _ = _stream(t2w, voice, codes, seed=2, schedule=ChunkSchedule(one_thread_below_frames=0))
+    assert {used for _, used in seen[3:]} == {threads}
+    # the same computation on fewer threads: at most float32 rounding apart
+    assert (torch.cat(chunks) - torch.cat(shared)).abs().max().item() <= 1e-5
+
+
 def test_stream_state_resets_and_refuses_use_after_finish(tiny_speech_model):
     t2w = tiny_speech_model.model.token2wav
     voice = t2w.voice("Chelsie", tiny_speech_model.speakers["Chelsie"])
@@ -91,7 +115,7 @@ def test_stream_state_resets_and_refuses_use_after_finish(tiny_speech_model):
 
 @pytest.mark.parametrize("bad", [
     dict(chunk_frames=50), dict(first_chunk_frames=0), dict(left_context_frames=30),
-    dict(vocoder_context_frames=48), dict(crossfade_samples=5000),
+    dict(vocoder_context_frames=48), dict(crossfade_samples=5000), dict(one_thread_below_frames=-1),
 ])
 def test_bad_schedules_are_refused_with_the_limit(tiny_speech_model, bad):
     t2w = tiny_speech_model.model.token2wav
