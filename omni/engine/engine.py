@@ -17,10 +17,11 @@ of the loop (one thread, the only one that runs the Thinker, Talker and codec):
    (and which is less than TALKER_LEAD_CODES ahead of its codec);
 6. hands each reply's new codes to a codec worker, which decodes its windows as soon as their codes
    (and look-ahead) exist: one job per reply at a time, so its chunks stay in order, different
-   replies' windows in parallel, while the loop goes on with the next Thinker and Talker steps. On a
-   CPU the codec (DiT + BigVGAN) is most of a spoken reply's work and its windows are large enough
-   to be compute-bound: batching eight windows costs as much per window as one (measured, small
-   preset), so the codec gains from running beside the loop, not from batching;
+   replies' windows in parallel, most urgent listener first (omni.engine.codec_pool), while the loop
+   goes on with the next Thinker and Talker steps. On a CPU the codec (DiT + BigVGAN) is most of a
+   spoken reply's work and its windows are large enough to be compute-bound: batching eight windows
+   costs as much per window as one (measured, small preset), so the codec gains from running beside
+   the loop, not from batching;
 7. ends replies whose text and audio are complete, and frees their Talker cache and codec state.
 
 The caches: each conversation keeps its own one-row Thinker cache (the session's, so the next turn
@@ -53,6 +54,7 @@ from typing import Any
 
 import torch
 
+from omni.engine.codec_pool import CodecPool
 from omni.engine.prefix_cache import PrefixCache
 from omni.engine.reply import EngineReply, Phase, ReplyEvents
 from omni.engine.runner import prefill_chunk, talker_step, thinker_step
@@ -129,7 +131,7 @@ class Engine:
         self._prepare = concurrent.futures.ThreadPoolExecutor(self.options.prepare_workers,
                                                               thread_name_prefix="omni-prepare")
         codec_workers = self.options.codec_workers or self.options.threads or torch.get_num_threads()
-        self._codec = concurrent.futures.ThreadPoolExecutor(codec_workers, thread_name_prefix="omni-codec")
+        self._codec = CodecPool(codec_workers)
         self._thread = threading.Thread(target=self._loop, name="omni-engine", daemon=True)
         self._thread.start()
 
@@ -197,7 +199,7 @@ class Engine:
             self._cond.notify()
         self._thread.join(timeout=30)
         self._prepare.shutdown(wait=False, cancel_futures=True)
-        self._codec.shutdown(wait=False, cancel_futures=True)
+        self._codec.shutdown(wait=False)
 
     @property
     def alive(self) -> bool:
@@ -297,9 +299,20 @@ class Engine:
                 reply.emit(work())
             self.busy_s["codec"] += time.perf_counter() - began
 
-        future = self._codec.submit(job)
+        future = self._codec.submit(job, self._listener_runs_dry_at(reply))
         future.add_done_callback(self._wake)
         return future
+
+    @staticmethod
+    def _listener_runs_dry_at(reply: EngineReply) -> float:
+        """When the reply's listener has heard all audio handed out so far (perf_counter seconds);
+        for a reply with no audio out yet, when it was submitted (already overdue): the codec pool
+        serves the earliest first (see omni.engine.codec_pool)."""
+        speech = reply.speech
+        progress = speech.progress
+        if progress.chunks_out == 0 or progress.first_audio_at is None:
+            return reply.submitted_at
+        return speech.started_at + progress.first_audio_at + progress.samples_out / speech.sample_rate_hz
 
     def _wake(self, _future=None) -> None:
         with self._cond:
