@@ -257,6 +257,7 @@ def serve(
     device: str = "cpu",
     max_new_tokens: int = 256,
     block: bool = True,
+    quantize: str | None = None,
 ) -> gr.Blocks:
     """Load `model` once and serve the demo on host:port (a public gradio.live link with share)."""
     from omni.loading import load_model
@@ -266,7 +267,7 @@ def serve(
                         "installed: pip install -e '.[demo]' or apt-get install ffmpeg")
     from omni.warmup import warm_up
 
-    loaded = load_model(model, dtype=dtype, device=device)
+    loaded = load_model(model, dtype=dtype, device=device, quantize=quantize)
     warm_up(loaded)  # the first user's time to first audio should not pay PyTorch's first-call costs
     app = build_app(loaded, max_new_tokens=max_new_tokens)
     app.queue(default_concurrency_limit=None)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from omni.demo.vad import VAD_SAMPLE_RATE_HZ, EndOfTurnDetector, TurnEvent, VADOptions
+from omni.vad import VAD_SAMPLE_RATE_HZ, EndOfTurnDetector, TurnEvent, VADOptions
 from omni.encoders.limits import MediaLimits
 from omni.audio_io import wav_bytes, write_wav
 from omni.chat import AUDIO_SYSTEM_PROMPT
@@ -130,6 +130,7 @@ class Conversation:
         self._reply_lock = threading.Lock()  # one reply at a time; a new turn waits for a stopped one
         self._replying = threading.Event()
         self._stop_requested = threading.Event()
+        self._stopped_at: float | None = None  # perf_counter of the last stop (a barge-in or the Stop button)
         self.spoken_turns: deque[np.ndarray] = deque()  # utterances the detector ended, not yet answered
         self.media_dir = Path(self.media_dir) if self.media_dir is not None else None
         self._own_media_dir = False  # made by this conversation, so removed by close()
@@ -194,6 +195,7 @@ class Conversation:
             raise InputError(f"the previous reply did not stop within {REPLY_WAIT_S:.0f} s; press Stop or Clear")
         try:
             self._stop_requested.clear()
+            self._stopped_at = None
             self._replying.set()
             yield from self._stream_reply(message, settings)
         finally:
@@ -205,6 +207,7 @@ class Conversation:
         self.history.append(entry)
         update = ReplyUpdate(text="")
         started = time.perf_counter()
+        first_audio_at, audio_handed_s = None, 0.0
         self.session.use_audio_in_video = settings.use_audio_in_video
         try:
             with self.session.stream([message], **settings.stream_options()) as events:
@@ -215,11 +218,19 @@ class Conversation:
                         update = replace(update, text=update.text + event.text, audio_wav=None)
                     elif isinstance(event, AudioChunk):
                         if update.first_audio_s is None:
-                            update = replace(update, first_audio_s=time.perf_counter() - started)
+                            first_audio_at = time.perf_counter()
+                            update = replace(update, first_audio_s=first_audio_at - started)
+                        audio_handed_s += event.duration_s
                         update = replace(update, audio_wav=wav_bytes(event.samples, event.sample_rate_hz))
                     elif isinstance(event, ReplyDone):
                         update = replace(update, text=event.text, audio_wav=None, done=event)
                     entry["content"] = update.text
+                    yield update
+            if update.done is not None and update.done.finish_reason == "cancelled" and first_audio_at is not None:
+                text = self._cut_to_heard(first_audio_at, audio_handed_s)
+                if text is not None and text != update.text:
+                    entry["content"] = text
+                    update = replace(update, text=text, audio_wav=None)
                     yield update
         except OmniError as exc:
             # the user's input was refused (bad media, limits): say so in the chat, keep the app running
@@ -227,8 +238,21 @@ class Conversation:
             update = replace(update, audio_wav=None, error=str(exc))
             yield update
 
+    def _cut_to_heard(self, first_audio_at: float, audio_handed_s: float) -> str | None:
+        """After a stop: the browser plays the speech as it arrives, so the user heard at most the time
+        from the first chunk to the stop (and never more than was handed out). The reply, already cut to
+        the audio handed out, is cut to that (OmniSession.truncate_reply); returns the text kept."""
+        stopped_at = self._stopped_at if self._stopped_at is not None else time.perf_counter()
+        heard_s = max(0.0, min(audio_handed_s, stopped_at - first_audio_at))
+        try:
+            return self.session.truncate_reply(heard_s)
+        except InputError:  # nothing spoken was recorded (a stop before the turn was read)
+            return None
+
     def stop(self) -> None:
-        """Stop the reply in progress (within one decoding step); its partial text stays."""
+        """Stop the reply in progress (within one decoding step); its partial text stays, as far as
+        the user heard it."""
+        self._stopped_at = time.perf_counter()
         self._stop_requested.set()
         self.session.cancel()
 

@@ -17,6 +17,7 @@ and a codec chunk is decoded as soon as its codes (and look-ahead) exist.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ class ReplyRecord:
     finish_reason: str = "stop"
     talker_context: TalkerContext | None = None  # the conversation for the next turn's Talker
     codec_codes: list[int] = field(default_factory=list)
+    speech_complete: bool = False  # the Talker ended the utterance itself: its codes say the whole text
+    heard_codes: int | None = None  # after a barge-in: the codec tokens handed out, which the kept text covers
 
 
 class StageClock:
@@ -204,12 +207,16 @@ class ReplyRun:
         if self.generated_token_ids is None:
             self._settle_text()
         finish_reason = self.finish_reason
+        speech_complete = speech is not None and speech.speaks and _talker_ended(speech.talker)
         if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
             spoken_codes = speech.spoken_codes
             if self.delivered_samples is not None:
                 spoken_codes = self.delivered_samples // speech.token2wav.samples_per_code
             if self.delivered_samples != 0:
-                _keep_spoken_part(self.loaded, record, spoken_codes, stop_ids)
+                _keep_heard_part(self.loaded, record, spoken_codes, len(speech.talker.codes), speech_complete,
+                                 stop_ids)
+                record.heard_codes = spoken_codes
+        record.speech_complete = speech_complete
         record.finish_reason = finish_reason
         # after a stop string, usage counts what was generated (the tokens cut off included); after a
         # barge-in, what was kept
@@ -286,12 +293,53 @@ def run_reply(
     yield run.done()
 
 
-def _keep_spoken_part(loaded: LoadedModel, record: ReplyRecord, spoken_codes: int, stop_ids: set[int]) -> None:
-    """After a barge-in, keep the reply only as far as it was spoken. The Talker reads one reply
-    token per codec token, so the audio handed out covers at most the first `spoken_codes` tokens;
-    the conversation continues from there (text, Thinker cache and Talker history alike)."""
+# Codec tokens (50 per second of speech) spoken per text token. Not yet measured on Qwen2.5-Omni's
+# own replies (no real checkpoint was at hand): measured on espeak-ng reading assistant-style English
+# replies at 150-170 words/min and counted with Qwen's tokenizer, 13-19 per sentence, 14.2 at 170
+# wpm and 16.4 at 150 wpm. `python bench/realtime.py --measure-ratio --model DIR` measures it on a
+# real checkpoint's finished spoken replies (codec_tokens / text_tokens); put that number here.
+CODEC_TOKENS_PER_TEXT_TOKEN = 15.0
+
+
+def text_tokens_heard(heard_codes: int, text_tokens: int, codec_tokens: int, speech_complete: bool) -> int:
+    """How many of a spoken reply's `text_tokens` a listener heard in its first `heard_codes` codec
+    tokens (its first heard_codes x 20 ms of audio), for a barge-in or a client's truncation.
+
+    The rule: when the Talker ended the utterance itself (`speech_complete`: its `codec_tokens` say
+    all `text_tokens`), the text is cut in proportion to the time heard, ceil(text_tokens x
+    heard_codes / codec_tokens). Otherwise the reply's length in speech is unknown and the time heard
+    is divided by the measured rate, ceil(heard_codes / CODEC_TOKENS_PER_TEXT_TOKEN); either way never
+    more than `heard_codes` (the Talker reads one text token per codec token, so it cannot have said
+    a token it had not read) nor more than `text_tokens`. Rounding up keeps a token the listener heard
+    the start of.
+
+    Its error: proportional, the speaking rate's variation within one reply and its leading and
+    trailing silence (about one or two tokens for a sentence); by rate, the rate's variation between
+    replies (13-19 codec tokens per text token on the sentences above: about +-20% of the tokens
+    kept), plus up to one token from rounding up. The old rule, one text token per codec token, kept
+    about 15 times the text that was spoken."""
+    if heard_codes <= 0 or text_tokens <= 0:
+        return 0
+    if speech_complete and codec_tokens > 0:
+        estimate = math.ceil(text_tokens * min(heard_codes, codec_tokens) / codec_tokens)
+    else:
+        estimate = math.ceil(heard_codes / CODEC_TOKENS_PER_TEXT_TOKEN)
+    return min(text_tokens, heard_codes, estimate)
+
+
+def _talker_ended(talker) -> bool:
+    """The Talker stopped by itself (a stop code after the whole text), not by a cancel or close."""
+    state = talker.state
+    return state is not None and state.text_finished and state.last_code in talker.stop_codes
+
+
+def _keep_heard_part(loaded: LoadedModel, record: ReplyRecord, heard_codes: int, codec_tokens: int,
+                     speech_complete: bool, stop_ids: set[int]) -> None:
+    """After a barge-in, keep the reply only as far as it was heard (`text_tokens_heard`, at least
+    one token); the conversation continues from there (text, Thinker cache and Talker history alike)."""
     reply = [t for t in record.sampled_token_ids if t not in stop_ids]
-    keep = max(1, min(len(reply), spoken_codes))
+    keep = max(1, text_tokens_heard(heard_codes, len(reply), codec_tokens, speech_complete))
+    keep = min(len(reply), keep)
     record.sampled_token_ids = reply[:keep]
     record.fed_token_ids = reply[: keep - 1]
     record.text = loaded.tokenizer.decode(reply[:keep])

@@ -26,7 +26,7 @@ from omni.errors import ContextLengthError, InputError
 from omni.events import AudioChunk, Event, ReplyDone
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel, load_model
-from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
+from omni.pipeline import ReplyOptions, ReplyRecord, run_reply, text_tokens_heard
 from omni.reply_stream import OpenReply, ReplyStream
 from omni.sampling import SamplingParams
 from omni.speech import SpeechOptions, TalkerContext, resolve_voice
@@ -52,6 +52,7 @@ class ConversationState:
     pending_token_ids: list[int] = field(default_factory=list)  # to feed before the next turn
     next_position: int = 0
     talker_context: TalkerContext | None = None  # the conversation as the Talker reads it
+    last_spoken: SpokenReply | None = None  # the last turn's reply, when it was spoken (for truncate_reply)
 
     def reset(self) -> None:
         self.messages.clear()
@@ -60,6 +61,20 @@ class ConversationState:
         self.pending_token_ids.clear()
         self.next_position = 0
         self.talker_context = None
+        self.last_spoken = None
+
+
+@dataclass
+class SpokenReply:
+    """The last turn's spoken reply, as `OmniSession.truncate_reply` needs it."""
+
+    token_ids: list[int]  # the reply's tokens as generated (stop tokens excluded)
+    kept_tokens: int  # of those, the ones the conversation holds now
+    fed_before: int  # tokens the cache held before the reply's first one
+    position_before: int  # rope position of the reply's first token
+    talker_before: int  # the Talker context's length before the reply's first token
+    codec_tokens: int  # the speech of token_ids (after a barge-in: the audio handed out)
+    speech_complete: bool  # the Talker ended the utterance itself (see pipeline.text_tokens_heard)
 
 
 @dataclass
@@ -418,7 +433,59 @@ class OmniSession:
         state.messages.extend(new_messages)
         state.messages.append({"role": "assistant", "content": record.text})
         state.talker_context = record.talker_context
+        state.last_spoken = None
+        if record.codec_codes and record.talker_context is not None:
+            reply_ids = kept + kept_tail
+            state.last_spoken = SpokenReply(
+                token_ids=reply_ids, kept_tokens=len(reply_ids), fed_before=len(state.fed_token_ids) - len(kept),
+                position_before=int(prompt.next_position[0]), talker_before=record.talker_context.length - len(kept),
+                codec_tokens=len(record.codec_codes) if record.heard_codes is None else record.heard_codes,
+                speech_complete=record.speech_complete)
         self._fit_cache(cache)
+
+    def truncate_reply(self, heard_s: float) -> str:
+        """Cut the conversation's last reply, a spoken one, to what its listener heard: its first
+        `heard_s` seconds of audio (a client that stopped playing it, the Realtime API's
+        conversation.item.truncate). Text, Thinker cache and Talker history keep the tokens
+        `omni.pipeline.text_tokens_heard` says were heard (its docstring states the rule and its
+        error), so the next turn continues from exactly what the listener heard. A cut never grows
+        the reply back. Returns the text kept."""
+        self._settle_abandoned()
+        with self._guard:
+            if self._active_cancel is not None:
+                raise InputError("a reply is in progress; cancel it and wait for its end before truncating")
+            state = self.state
+            spoken = state.last_spoken
+            if spoken is None or not state.messages or state.messages[-1]["role"] != "assistant":
+                raise InputError("the conversation's last turn is not a spoken reply; only that one can be truncated")
+            if not heard_s >= 0:
+                raise InputError(f"heard_s must be a number of seconds >= 0, got {heard_s!r}")
+            token2wav = self.model.model.token2wav
+            heard_codes = int(heard_s * token2wav.sample_rate_hz) // token2wav.samples_per_code
+            keep = min(spoken.kept_tokens, text_tokens_heard(heard_codes, len(spoken.token_ids), spoken.codec_tokens,
+                                                             spoken.speech_complete))
+            if keep == spoken.kept_tokens:
+                return state.messages[-1]["content"]
+            self._cut_reply(state, spoken, keep)
+            return state.messages[-1]["content"]
+
+    def _cut_reply(self, state: ConversationState, spoken: SpokenReply, keep: int) -> None:
+        """Keep the first `keep` tokens of the last reply: the last kept one becomes its unfed last
+        token (as after a length limit), fed before <|im_end|> at the next turn."""
+        im_end = self.model.tokenizer.token_id(IM_END)
+        fed_now = len(state.fed_token_ids) - spoken.fed_before
+        fed = min(max(0, keep - 1), fed_now)
+        del state.fed_token_ids[spoken.fed_before + fed:]
+        state.cache.truncate(spoken.fed_before + fed)
+        state.pending_token_ids = spoken.token_ids[fed:keep] + [im_end]
+        state.next_position = spoken.position_before + fed
+        context = state.talker_context
+        if context is not None:
+            length = spoken.talker_before + fed
+            state.talker_context = TalkerContext(context.embeds[:, :length].clone(), context.positions[:, :, :length].clone())
+        state.messages[-1] = {"role": "assistant", "content": self.model.tokenizer.decode(spoken.token_ids[:keep])}
+        spoken.kept_tokens = keep
+        self._fit_cache(state.cache)
 
     def _fit_cache(self, cache: KVCache) -> None:
         """Give memory back after a turn that left the cache mostly empty (a long reply cut short by

@@ -63,6 +63,11 @@ class Slot:
 class FinishedReply:
     finish_reason: str  # "stop", "length", "cancelled", or "error"
     completion_tokens: int
+    first_audio_s: float | None = None  # from the reply's start to its first audio chunk (spoken replies)
+
+
+# upper bounds (seconds) of the time-to-first-audio histogram's buckets (Prometheus `le`)
+FIRST_AUDIO_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 class ServerStats:
@@ -72,11 +77,26 @@ class ServerStats:
         self._lock = threading.Lock()
         self._finished: Counter[str] = Counter()
         self._recent: deque[FinishedReply] = deque(maxlen=recent)
+        self.completion_tokens = 0
+        # time to first audio: count per bucket of FIRST_AUDIO_BUCKETS_S (not cumulative; last: +Inf)
+        self.first_audio_counts = [0] * (len(FIRST_AUDIO_BUCKETS_S) + 1)
+        self.first_audio_sum_s = 0.0
 
     def record(self, reply: FinishedReply) -> None:
         with self._lock:
             self._finished[reply.finish_reason] += 1
             self._recent.append(reply)
+            self.completion_tokens += reply.completion_tokens
+            if reply.first_audio_s is not None:
+                bucket = next((i for i, bound in enumerate(FIRST_AUDIO_BUCKETS_S) if reply.first_audio_s <= bound),
+                              len(FIRST_AUDIO_BUCKETS_S))
+                self.first_audio_counts[bucket] += 1
+                self.first_audio_sum_s += reply.first_audio_s
+
+    def histogram(self) -> tuple[list[int], float]:
+        """(first-audio counts per bucket, sum of seconds), read together."""
+        with self._lock:
+            return list(self.first_audio_counts), self.first_audio_sum_s
 
     def snapshot(self) -> dict:
         with self._lock:

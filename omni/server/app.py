@@ -2,8 +2,11 @@
 
 Stateless HTTP: every request is a fresh OmniSession over the one shared LoadedModel, fed the whole
 conversation in `messages`. Routes: POST /v1/chat/completions, GET /v1/models, GET /health,
+WebSocket /v1/realtime (OpenAI's Realtime API, stateful per connection: omni.server.realtime),
 GET /stats (omni's counters: running, waiting, finished replies by finish reason; with the engine,
-its live batch size, queue length, cache memory reserved and prefix-cache hits).
+its live batch size, queue length, cache memory reserved and prefix-cache hits), GET /metrics (the same
+figures for Prometheus: omni.server.metrics). Behind Ray Serve (omni.server.replicas) /health, /stats and
+/metrics answer for every replica.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from omni.loading import LoadedModel
 from omni.server.admission import Admission, FinishedReply, ServerStats, Slot, TranscriptStore
 from omni.server.body_limit import BodyLimit
 from omni.server.conversion import OmniRequest, RequestLimits, audio_ids, to_omni_request
+from omni.server import metrics
 from omni.server.errors import ApiError, error_body, from_omni_error, install_error_handlers
 from omni.server.media_policy import MediaPolicy
 from omni.server.parsing import BodyParser
+from omni.server.realtime import RealtimeLimits, install_realtime
 from omni.server.responses import (
     ChunkWriter, RequestClock, b64, completion_body, finish_reason, json_bytes, new_audio_id, new_completion_id,
     omni_extras,
@@ -60,6 +65,7 @@ class ServerConfig:
     parser_workers: int = 2  # processes decoding large request bodies (see omni.server.parsing)
     # the serving engine's settings (omni.engine); None: every request runs alone in its own thread
     engine: EngineOptions | None = field(default_factory=EngineOptions)
+    realtime: RealtimeLimits = field(default_factory=RealtimeLimits)  # the Realtime API's (omni.server.realtime)
 
 
 class ServerState:
@@ -79,6 +85,23 @@ class ServerState:
                                                 public_remote_only=not config.allow_private_remote)
         self.created_s = int(time.time())
         self.engine = engine_for(loaded, config.engine) if config.engine is not None else None
+        # behind Ray Serve (omni.server.replicas): the deployment's transcripts and its replicas' figures
+        self.shared_transcripts = None
+        self.cluster = None
+
+    async def lookup_transcripts(self, ids: list[str], now_s: float) -> dict[str, str]:
+        """Transcripts of the cited audio ids this server (or, behind Ray, any replica) produced."""
+        found = {audio_id: transcript for audio_id in ids
+                 if (transcript := self.transcripts.get(audio_id, now_s)) is not None}
+        missing = [audio_id for audio_id in ids if audio_id not in found]
+        if missing and self.shared_transcripts is not None:
+            found.update(await self.shared_transcripts.get_many(missing))
+        return found
+
+    def remember_transcript(self, audio_id: str, transcript: str, expires_at_s: float) -> None:
+        self.transcripts.put(audio_id, transcript, expires_at_s, time.time())
+        if self.shared_transcripts is not None:
+            self.shared_transcripts.put(audio_id, transcript, expires_at_s)
 
 
 def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
@@ -97,16 +120,47 @@ def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes)
 
+    app.state.realtime = install_realtime(app, state, config.realtime)  # WebSocket /v1/realtime
+
     @app.get("/health")
     async def health() -> dict:
+        if state.cluster is not None:
+            from omni.server.replicas import cluster_health
+
+            return {"model": config.model_name, **await cluster_health(state.cluster)}
         return {"status": "ok", "model": config.model_name}
 
-    @app.get("/stats")
-    async def stats() -> dict:
-        body = {"running": state.admission.running, "waiting": state.admission.waiting, **state.stats.snapshot()}
+    async def stats_body() -> dict:
+        body = {"running": state.admission.running, "waiting": state.admission.waiting, **state.stats.snapshot(),
+                "realtime_sessions": len(app.state.realtime.connections)}
         if state.engine is not None:
             body["engine"] = state.engine.stats()
         return body
+
+    app.state.stats_body = stats_body
+
+    @app.get("/stats")
+    async def stats() -> dict:
+        """This server's figures; behind Ray Serve also every replica's (`cluster`)."""
+        body = await stats_body()
+        if state.cluster is not None:
+            from omni.server.replicas import cluster_stats
+
+            body = await cluster_stats(body, state.cluster)
+        return body
+
+    def metric_families(replica: str | None = None) -> list:
+        return metrics.families(state, replica, realtime_sessions=len(app.state.realtime.connections))
+
+    app.state.metric_families = metric_families
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        if state.cluster is not None:
+            from omni.server.replicas import cluster_metrics
+
+            return Response(await cluster_metrics(state.cluster), media_type=metrics.CONTENT_TYPE)
+        return Response(metrics.text(metric_families()), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -121,8 +175,7 @@ def create_app(loaded: LoadedModel, config: ServerConfig) -> FastAPI:
             raise ApiError(404, f"model {parsed.model!r} does not exist; this server serves {config.model_name!r}",
                            code="model_not_found", param="model")
         now_s = time.time()
-        transcripts = {audio_id: transcript for audio_id in audio_ids(parsed)
-                       if (transcript := state.transcripts.get(audio_id, now_s)) is not None}
+        transcripts = await state.lookup_transcripts(audio_ids(parsed), now_s)
         # media policy checks resolve host names: off the loop
         omni_request = await asyncio.to_thread(to_omni_request, parsed, state.policy, transcripts,
                                                state.request_limits)
@@ -191,7 +244,7 @@ def _on_finished(state: ServerState, slot: Slot):
             return  # refused input (an OmniError answered as 4xx), or a failure reported by the handler
         if outcome.done is not None:
             tokens = outcome.done.usage.text_tokens + outcome.done.usage.codec_tokens
-            state.stats.record(FinishedReply(outcome.done.finish_reason, tokens))
+            state.stats.record(FinishedReply(outcome.done.finish_reason, tokens, outcome.done.timings.first_audio_s))
         else:
             state.stats.record(FinishedReply("error", 0))
             if outcome.error is not None and not isinstance(outcome.error, OmniError):
@@ -237,7 +290,7 @@ class _Reply:
                 elif isinstance(event, ReplyDone):
                     done = event
             if audio_id and done is not None:
-                self.state.transcripts.put(audio_id, done.text, self.expires_at_s, time.time())
+                self.state.remember_transcript(audio_id, done.text, self.expires_at_s)
                 yield writer.chunk({"audio": {"id": audio_id, "expires_at": self.expires_at_s}})
             yield writer.chunk({}, finish_reason(done), omni=omni_extras(done, self.clock, self.sample_rate_hz))
             if self.request.include_usage and done is not None:
@@ -270,7 +323,7 @@ class _Reply:
             run.cancel()
         assert done is not None  # the events end with ReplyDone or raise
         if self.audio_id is not None:
-            self.state.transcripts.put(self.audio_id, done.text, self.expires_at_s, time.time())
+            self.state.remember_transcript(self.audio_id, done.text, self.expires_at_s)
         extras = omni_extras(done, self.clock, self.sample_rate_hz)
         # A spoken reply's WAV, its base64 and the JSON around it are megabytes: built in a thread (in
         # slices, so the loop gets the GIL between them) rather than on the event loop.

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--dtype", default="auto", help="auto (as saved), bf16, fp16 or fp32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quantize", default=None, metavar="MODE",
+                        help="int8 or int4 / int4:GROUP: the Thinker's decoder linears, quantized while loading")
     parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the checkpoint "
                                                                    "directory's name)")
     parser.add_argument("--text-only", action="store_true", help="load without the talker/token2wav (no audio out)")
@@ -66,6 +68,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for model work (default: every core this process may use); give two "
                              "processes on one machine disjoint halves, see the README")
+    parser.add_argument("--realtime-max-sessions", type=int, default=8,
+                        help="Realtime API WebSocket sessions open at once (/v1/realtime); each response also takes a "
+                             "generation slot like an HTTP request")
+    parser.add_argument("--realtime-max-session-s", type=float, default=1800.0,
+                        help="longest realtime session (seconds); it then ends with an error event and close 1000")
+    parser.add_argument("--realtime-idle-timeout-s", type=float, default=300.0,
+                        help="a realtime session with no client event and no response playing this long is closed")
+    parser.add_argument("--realtime-max-input-s", type=float, default=60.0,
+                        help="input audio a realtime session may buffer before a commit (with VAD: the longest turn)")
+    replicas = parser.add_argument_group("replicas on Ray Serve (pip install 'omni[scale]'; see omni.server.replicas)")
+    replicas.add_argument("--replicas", type=int, default=None, help="serve N replicas behind Ray's HTTP proxy")
+    replicas.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                          help="replicas scaled between MIN and MAX on ongoing requests")
+    replicas.add_argument("--replica-cpus", type=float, default=1.0,
+                          help="CPUs per replica (its torch threads: this, rounded down, at least 1)")
+    replicas.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (fractions share one)")
+    replicas.add_argument("--ray-address", default=None,
+                          help="join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
+    replicas.add_argument("--drain-s", type=float, default=120.0,
+                          help="a stopping replica lets running replies finish for up to this long")
     parser.add_argument("--log-level", default="info")
 
 
@@ -76,6 +98,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < (1 if name != "max_queue" else 0):
             raise InputError(f"--{name.replace('_', '-')} must be >= {1 if name != 'max_queue' else 0}, got {value}")
+    for name in ("realtime_max_sessions", "realtime_max_session_s", "realtime_idle_timeout_s", "realtime_max_input_s"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
     for name in ("kv_gb", "cache_gb"):
         value = getattr(args, name)
         if value is not None and (value != value or value < (0 if name == "cache_gb" else 0.001)):
@@ -127,12 +153,21 @@ def config_from_args(args: argparse.Namespace, model_path: Path | None = None, l
             max_batch=args.max_batch, kv_budget_bytes=int(kv_gb * GIB) if kv_gb else None,
             prefill_chunk=args.prefill_chunk, threads=args.threads, prefix_cache_bytes=int(args.cache_gb * GIB),
         )
+    from omni.server.realtime import RealtimeLimits
+
+    realtime = RealtimeLimits(
+        max_connections=getattr(args, "realtime_max_sessions", RealtimeLimits.max_connections),
+        max_session_s=getattr(args, "realtime_max_session_s", RealtimeLimits.max_session_s),
+        idle_timeout_s=getattr(args, "realtime_idle_timeout_s", RealtimeLimits.idle_timeout_s),
+        max_input_audio_s=getattr(args, "realtime_max_input_s", RealtimeLimits.max_input_audio_s),
+    )
     return ServerConfig(
         model_name=name, max_concurrent=max_concurrent or STATIC_MAX_CONCURRENT,
         max_queue=STATIC_MAX_QUEUE if max_queue is None else max_queue,
         max_body_bytes=max_body_bytes, media_limits=limits,
         allow_private_remote=args.allow_private_media_urls, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, max_media_items=args.max_media_items, engine=engine_options,
+        realtime=realtime,
     )
 
 
@@ -173,21 +208,19 @@ def memory_report(loaded, config) -> list[str]:
     return lines + [f"warning: {w}" for w in fit_warnings(plan, config.max_concurrent, config.max_queue, host, device)]
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def build_server(args: argparse.Namespace):
+    """Load the model and build the app for `args`: (app, config, loaded). One process's server, or
+    one Ray Serve replica's (omni.server.replicas)."""
     from omni.loading import load_model
     from omni.server.app import create_app
 
-    if args.media_root and not Path(args.media_root).is_dir():
-        print(f"omni serve: --media-root {args.media_root!r} is not a directory", file=sys.stderr)
-        return 2
-    check_arguments(args)  # before the model loads: a typo must not cost a 7B load to report
+    check_arguments(args)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False if args.text_only else None)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False if args.text_only else None,
+                        quantize=args.quantize)
     from omni.warmup import warm_up
 
     print(f"omni serve: warmed up in {warm_up(loaded):.1f}s", file=sys.stderr)
@@ -195,10 +228,30 @@ def run(args: argparse.Namespace) -> int:
     for line in memory_report(loaded, config):
         print(f"omni serve: {line}", file=sys.stderr)
     app = create_app(loaded, config)
+    return app, config, loaded
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.media_root and not Path(args.media_root).is_dir():
+        print(f"omni serve: --media-root {args.media_root!r} is not a directory", file=sys.stderr)
+        return 2
+    check_arguments(args)  # before the model loads: a typo must not cost a 7B load to report
+    from omni.server.replicas import plan_from_args
+
+    plan = plan_from_args(args)
+    if plan is not None:
+        from omni.server.replicas import run_replicas
+
+        return run_replicas(args, plan)
+    app, config, loaded = build_server(args)
     print(f"omni serve: {config.model_name} on http://{args.host}:{args.port}/v1 (audio output: "
           f"{'yes, voices ' + ', '.join(loaded.voices) if loaded.audio_output else 'no'})", file=sys.stderr)
-    # Connections beyond running + waiting + a few for /health and /stats get 503 from uvicorn before
-    # their bodies are read: the bodies held in memory are bounded, not only the generations.
+    # Connections beyond running + waiting + a few for /health and /stats (and the realtime sessions,
+    # which stay open) get 503 from uvicorn before their bodies are read: the bodies held in memory are
+    # bounded, not only the generations. One more realtime connection than allowed is let in to be told so.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                limit_concurrency=config.max_concurrent + config.max_queue + EXTRA_CONNECTIONS)
+                limit_concurrency=config.max_concurrent + config.max_queue + EXTRA_CONNECTIONS
+                + config.realtime.max_connections + 1)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from omni.demo.turn import KEPT_SPOKEN_TURNS, SPOKEN_TURN_GONE, Conversation, ReplySettings, describe_latency, media_kind
 from omni.errors import InputError
+from omni.pipeline import CODEC_TOKENS_PER_TEXT_TOKEN
 
 GREEDY = dict(temperature=0.0, speak=False)
 
@@ -136,6 +138,38 @@ def test_spoken_turn_is_answered_and_speech_during_a_reply_barges_in(conversatio
     assert not worker.is_alive()
     assert finished[-1].done.finish_reason == "cancelled"
     assert finished[-1].done.usage.text_tokens < 4000
+
+
+def test_a_stopped_spoken_reply_keeps_what_the_user_can_have_heard(conversation):
+    """The browser plays speech as it arrives: from the first chunk to the stop is the most the user
+    heard. The chat and the session keep the reply as far as that (omni.pipeline.text_tokens_heard),
+    not as far as the text was written."""
+    message = conversation.user_turn("Talk to me.")
+    updates, first_seen, stopped_at = [], None, None
+    for update in conversation.reply(message, ReplySettings(max_new_tokens=60, temperature=0.0, speak=True)):
+        updates.append(update)
+        if update.audio_wav is not None:
+            if first_seen is None:
+                first_seen = time.perf_counter()
+            elif stopped_at is None:
+                stopped_at = time.perf_counter()
+                conversation.stop()
+    assert stopped_at is not None and updates[-1].done is not None
+    done = next(u.done for u in updates if u.done is not None)
+    assert done.finish_reason == "cancelled"
+    written = max(len(u.text) for u in updates)
+    kept = conversation.session.messages[-1]["content"]
+    assert conversation.history[-1]["content"] == updates[-1].text == kept
+    # the test saw the first chunk a little after the conversation handed it out: one token of slack
+    heard_codes = (stopped_at - first_seen) * 50
+    spoken = conversation.session.state.last_spoken
+    assert kept == conversation.loaded.tokenizer.decode(spoken.token_ids[:spoken.kept_tokens])
+    if spoken.speech_complete:  # the Talker had said the whole text: in proportion to the time heard
+        most = math.ceil(len(spoken.token_ids) * heard_codes / spoken.codec_tokens)
+    else:
+        most = math.ceil(heard_codes / CODEC_TOKENS_PER_TEXT_TOKEN)
+    assert spoken.kept_tokens <= most + 1
+    assert len(kept) < written
 
 
 def test_describe_latency_prefers_the_pipeline_first_audio():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from omni.demo.vad import FRAME_SAMPLES, EndOfTurnDetector, SileroVAD, VADOptions, silero_model_path, to_mono_float
+from omni.vad import FRAME_SAMPLES, EndOfTurnDetector, SileroVAD, VADOptions, silero_model_path, to_mono_float
 from omni.errors import InputError
 
 
@@ -119,3 +119,15 @@ def test_bad_microphone_input_is_a_clear_error():
         to_mono_float(np.array(["a", "b"]))
     with pytest.raises(InputError, match="sample rate"):
         EndOfTurnDetector().feed(np.zeros(100, np.int16), 0)
+
+
+def test_turn_events_say_where_the_speech_began_and_ended(detector, spoken):
+    """The Realtime API reports these as audio_start_ms / audio_end_ms: the speech, not the padding."""
+    samples, rate = spoken
+    detector.reset()
+    speech_s = samples.shape[0] / rate
+    events = feed_in_chunks(detector, np.concatenate([silence(1.0, rate), samples, silence(1.5, rate)]), rate)
+    start, end = events
+    assert abs(start.speech_start_s - 1.0) <= 0.1 and start.speech_start_s == end.speech_start_s
+    assert 1.0 + speech_s - 0.15 <= end.speech_end_s <= 1.0 + speech_s + 0.2
+    assert end.speech_end_s < end.stream_s

@@ -1,4 +1,5 @@
-"""Voice activity detection for the voice chat: where the user's turn starts and ends.
+"""Voice activity detection: where a speaker's turn starts and ends. One implementation, used by
+the demo's voice chat (omni.demo.turn) and the Realtime API's server VAD (omni.server.realtime).
 
 Silero VAD scores 32 ms frames (512 samples at 16 kHz) with a small recurrent model. Its model file
 ships inside the `silero-vad` wheel; we load the TorchScript file directly instead of importing the
@@ -8,7 +9,8 @@ make the Thinker in the same process run on one core).
 `EndOfTurnDetector` turns a stream of microphone chunks (any rate, any channel count, int or float PCM)
 into turn events: `speech_start` once speech has lasted `min_speech_ms` (the moment a reply in progress
 should be interrupted), and `turn_end` with the utterance (16 kHz mono float32) once the speaker has
-been silent for `min_silence_ms`.
+been silent for `min_silence_ms`. Both carry where the speech itself began and (turn_end) ended in
+the stream, which the Realtime API reports as audio_start_ms / audio_end_ms.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def silero_model_path() -> Path:
     """The TorchScript Silero VAD inside the installed `silero-vad` wheel (found without importing it)."""
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("voice activity detection needs the silero-vad package: pip install -e '.[demo]'")
+        raise InputError("voice activity detection needs the silero-vad package: pip install -e '.[demo]' "
+                         "(or '.[realtime]')")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.jit"
     if not path.is_file():
         raise InputError(f"the silero-vad package has no model file at {path}; reinstall silero-vad")
@@ -79,6 +82,8 @@ class TurnEvent:
     kind: str  # "speech_start" or "turn_end"
     stream_s: float  # position in the stream (seconds of audio fed so far) where it was detected
     audio: np.ndarray | None = None  # turn_end: the utterance, 16 kHz mono float32
+    speech_start_s: float = 0.0  # stream position of the utterance's first speech frame (no padding)
+    speech_end_s: float | None = None  # turn_end: stream position where its speech ended (no trailing pause)
 
 
 def to_mono_float(samples: np.ndarray) -> np.ndarray:
@@ -134,6 +139,7 @@ class EndOfTurnDetector:
         self._frames_seen = 0
         self._preroll: deque[np.ndarray] = deque(maxlen=self.options.frames(self.options.pad_ms))
         self._utterance: list[np.ndarray] = []
+        self._speech_start_frame = 0  # stream frame index of the utterance's first speech frame
         self._in_speech = False  # inside a (possible) utterance
         self._started = False  # the utterance passed min_speech_ms: speech_start was reported
         self._speech_frames = 0
@@ -167,7 +173,11 @@ class EndOfTurnDetector:
         return [event]
 
     def _stream_s(self) -> float:
-        return self._frames_seen * FRAME_SAMPLES / VAD_SAMPLE_RATE_HZ
+        return self._frame_s(self._frames_seen)
+
+    @staticmethod
+    def _frame_s(frame_index: int) -> float:
+        return frame_index * FRAME_SAMPLES / VAD_SAMPLE_RATE_HZ
 
     def _step(self, frame: np.ndarray) -> TurnEvent | None:
         opts = self.options
@@ -176,6 +186,7 @@ class EndOfTurnDetector:
         if not self._in_speech:
             if probability >= opts.threshold:
                 self._in_speech = True
+                self._speech_start_frame = self._frames_seen - 1
                 self._utterance = [*self._preroll, frame]
                 self._speech_frames, self._silent_frames = 1, 0
                 self._preroll.clear()
@@ -191,7 +202,7 @@ class EndOfTurnDetector:
                 self._speech_frames += 1
         if not self._started and self._speech_frames >= opts.frames(opts.min_speech_ms):
             self._started = True
-            return TurnEvent("speech_start", self._stream_s())
+            return TurnEvent("speech_start", self._stream_s(), speech_start_s=self._frame_s(self._speech_start_frame))
         if self._silent_frames >= opts.frames(opts.min_silence_ms):
             if self._started:
                 return self._end_turn()
@@ -205,8 +216,10 @@ class EndOfTurnDetector:
         trailing = max(0, self._silent_frames - self.options.frames(self.options.pad_ms))
         frames = self._utterance[:len(self._utterance) - trailing] if trailing else self._utterance
         audio = np.concatenate(frames) if frames else np.zeros(0, np.float32)
+        speech_end_s = self._frame_s(self._frames_seen - self._silent_frames)
+        speech_start_s = self._frame_s(self._speech_start_frame)
         self._drop_utterance()
-        return TurnEvent("turn_end", self._stream_s(), audio)
+        return TurnEvent("turn_end", self._stream_s(), audio, speech_start_s, speech_end_s)
 
     def _drop_utterance(self) -> None:
         self._utterance = []
