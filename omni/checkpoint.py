@@ -110,6 +110,24 @@ def weight_files(directory: Path) -> WeightFiles:
     raise CheckpointError(f"{directory} has neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
 
 
+def read_quantization_config(directory: Path) -> dict | None:
+    """config.json's `quantization_config` (a GPTQ or AWQ checkpoint's), or None when it has none.
+    Top level, where gptqmodel and AutoAWQ write it; a copy under `thinker_config` is read too."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    section = raw.get("quantization_config") if isinstance(raw, dict) else None
+    if section is None and isinstance(raw, dict) and isinstance(raw.get("thinker_config"), dict):
+        section = raw["thinker_config"].get("quantization_config")
+    if section is not None and not isinstance(section, dict):
+        raise CheckpointError(f"{path}: quantization_config should be an object, found {type(section).__name__}")
+    return section
+
+
 def load_speakers(directory: Path) -> dict[str, dict[str, torch.Tensor | int]] | None:
     """The voices of `spk_dict.pt` ({name: {cond, ref_mel, bos_token}}), or None when the file is absent."""
     path = directory / SPEAKER_FILE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -18,6 +19,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint directory or hub id (e.g. Qwen/Qwen2.5-Omni-7B)")
     parser.add_argument("--dtype", default="auto", help="auto (as saved), bf16, fp16 or fp32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quantize", default=None, metavar="MODE",
+                        help="int8 (per output channel) or int4 / int4:GROUP (group-wise, 128 by default): the "
+                             "Thinker's decoder linears, quantized while loading (GPTQ/AWQ checkpoints need none)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +50,19 @@ def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from omni.tools.make_checkpoint import make_checkpoint
 
-    path = make_checkpoint(args.directory, preset=args.preset, seed=args.seed, force=args.force)
+    if not args.quantize and (args.group_size is not None or args.desc_act):
+        raise InputError("--group-size and --desc-act go with --quantize gptq|awq")
+    if args.quantize == "awq" and args.desc_act:
+        raise InputError("--desc-act (act-order) is a GPTQ option; AWQ files have no g_idx")
+    path = make_checkpoint(args.directory, preset=args.preset, seed=args.seed, force=args.force, device=args.device,
+                           max_shard_size=args.max_shard_size)
     print(f"wrote a random-weight {args.preset} Qwen2.5-Omni checkpoint to {path}")
+    if args.quantize:
+        from omni.tools.quantized_checkpoint import quantize_checkpoint
+
+        section = quantize_checkpoint(path, args.quantize, group_size=args.group_size, desc_act=args.desc_act,
+                                      seed=args.seed)
+        print(f"rewrote its Thinker decoder linears in the {args.quantize.upper()} layout: {json.dumps(section)}")
     return 0
 
 
@@ -94,6 +109,7 @@ def _speech_plan(args: argparse.Namespace, file_sink: str | None) -> tuple[bool,
 
 
 def _session(args: argparse.Namespace, speak: bool):
+    from omni.loading import load_model
     from omni.session import OmniSession
 
     options = {"max_new_tokens": args.max_new_tokens, "use_audio_in_video": args.use_audio_in_video}
@@ -102,8 +118,9 @@ def _session(args: argparse.Namespace, speak: bool):
     if speak:
         options["voice"] = args.voice  # a wrong name fails now, not after the first prompt
     try:
-        return OmniSession.from_pretrained(args.model, device=args.device, dtype=args.dtype, audio_output=speak,
-                                           **options)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=speak,
+                            quantize=args.quantize)
+        return OmniSession(loaded, **options)
     except AudioOutputUnavailable as exc:
         raise AudioOutputUnavailable(f"{exc} (here: leave out --out/--save-audio/--play for a text reply)") from None
 
@@ -221,7 +238,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     session = _session(args, speak)
     message = _user_message(args.prompt, args.image, args.audio, args.video)
     stopped = _speak_reply(session, [message], args, speak, player, out_path=args.out)
+    if args.stats:
+        _print_stats(session.model)
     return 130 if stopped else 0  # the shell's code for an interrupted command
+
+
+def _print_stats(loaded) -> None:
+    """Weight memory and the process's peaks, on stderr after the reply."""
+    from omni.quant.footprint import MIB, device_peak_bytes, host_peak_bytes, weight_bytes
+    from omni.quant.loader import decoder_linear_names
+
+    weights = weight_bytes(loaded.model, decoder_linear_names(loaded.config.thinker.text.num_layers))
+    mode = loaded.quantization or str(loaded.dtype).removeprefix("torch.")
+    host, device = host_peak_bytes(), device_peak_bytes(loaded.device)
+    parts = [f"weights {weights.total / MIB:.0f} MiB ({mode})",
+             f"peak host {host / MIB:.0f} MiB resident (mapped checkpoint pages included)" if host is not None
+             else "peak host memory unknown (no /proc/self/status)"]
+    if device is not None:
+        parts.append(f"peak {loaded.device} {device / MIB:.0f} MiB allocated")
+    print(f"[stats: {'; '.join(parts)}]", file=sys.stderr)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -278,7 +313,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from omni.loading import load_model
 
     samples = load_asr(args.data) if args.task == "asr" else load_vqa(args.data)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False, quantize=args.quantize)
     out = args.out or f"eval-{args.task}-{__import__('pathlib').Path(args.data).stem}"
     summary = run_eval(
         args.task, loaded, samples, out, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
@@ -296,7 +331,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise OmniError(f"`omni demo` needs the demo extra ({exc.name} is missing): pip install -e '.[demo]'") from None
 
     serve(args.model, host=args.host, port=args.port, share=args.share == "yes", dtype=args.dtype,
-          device=args.device, max_new_tokens=args.max_new_tokens)
+          device=args.device, max_new_tokens=args.max_new_tokens, quantize=args.quantize)
     return 0
 
 
@@ -306,8 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = commands.add_parser("make-checkpoint", help="write a random-weight test checkpoint (needs the dev extra)")
     make.add_argument("directory")
-    make.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    make.add_argument("--preset", choices=["tiny", "small", "3b-wide", "3b", "7b"], default="tiny",
+                      help="tiny/small: test sizes; 3b, 7b: the published shapes; 3b-wide: 3B widths, few layers")
+    make.add_argument("--device", default=None,
+                      help="build the weights there, one submodel at a time, writing shards as they fill "
+                           "(e.g. cuda for 7b: the host never holds more than a shard)")
+    make.add_argument("--max-shard-size", default=None, help="e.g. 2GB (default: the preset's)")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--quantize", choices=["gptq", "awq"], default=None,
+                      help="write the Thinker's decoder linears as the published Qwen2.5-Omni-7B-GPTQ-Int4 (GPTQ v1) "
+                           "or -AWQ (AWQ GEMM) files hold them: 4 bit, round-to-nearest values")
+    make.add_argument("--group-size", type=int, default=None,
+                      help="with --quantize: inputs per group (default 128, or the largest of 64/32 the widths allow)")
+    make.add_argument("--desc-act", action="store_true", help="with --quantize gptq: act-order (g_idx permuted)")
     make.add_argument("--force", action="store_true",
                       help="replace DIR even when it holds files make-checkpoint did not write")
     make.set_defaults(handler=_cmd_make_checkpoint)
@@ -319,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="write the spoken reply to this WAV file")
     run.add_argument("--play", action="store_true",
                      help="play the speech as it is generated (through aplay, paplay, pw-play, ffplay or sox's play)")
+    run.add_argument("--stats", action="store_true",
+                     help="after the reply, print the weights' memory and the peak host and device memory")
     run.set_defaults(handler=_cmd_run)
 
     chat = commands.add_parser("chat", help="interactive chat in the terminal")

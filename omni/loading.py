@@ -21,12 +21,14 @@ from omni.checkpoint import (
     WeightFiles,
     load_generation_defaults,
     load_speakers,
+    read_quantization_config,
     resolve_checkpoint,
     weight_files,
 )
 from omni.config import OmniConfig, load_config
 from omni.errors import AudioOutputUnavailable, CheckpointError, InputError
 from omni.model import AUDIO_COMPONENTS, OmniModel
+from omni.quant.loader import QuantizedLinears
 from omni.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class LoadedModel:
     generation: GenerationDefaults
     dtype: torch.dtype
     device: torch.device
+    quantization: str | None = None  # e.g. "int4 in groups of 128", "GPTQ 4 bit, group 128, ..."; None: full precision
 
     @property
     def audio_output(self) -> bool:
@@ -80,12 +83,17 @@ def load_model(
     device: str | torch.device = "cpu",
     audio_output: bool | None = None,
     revision: str | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
     """Load a checkpoint directory (or hub id).
 
     audio_output: True loads the talker, token2wav and the voices and fails if any is missing;
     False loads the Thinker only (less memory, text replies); None loads audio output when the
     checkpoint has it and warns when it does not.
+
+    quantize: "int8" (per output channel) or "int4" / "int4:GROUP" (group-wise, 128 by default)
+    quantizes the Thinker's decoder linears while loading, tensor by tensor (omni.quant). A GPTQ or
+    AWQ checkpoint (config.json `quantization_config`) is loaded in its own format without it.
     """
     directory = resolve_checkpoint(path_or_hub_id, revision=revision)
     config = load_config(directory)
@@ -94,6 +102,7 @@ def load_model(
     with_audio = _decide_audio_output(audio_output, directory, config, weights, speakers)
     torch_dtype = resolve_dtype(dtype, config)
     torch_device = torch.device(device)
+    quant_source = _quantization(quantize, directory)
 
     with torch.device("meta"):
         try:
@@ -108,9 +117,10 @@ def load_model(
     if with_audio:
         model.talker.to(torch_dtype)
         model.token2wav.to(torch.float32)  # the codec runs in fp32 whatever the LLMs use
+    quantized = QuantizedLinears.install(model, quant_source, torch_dtype, torch_device) if quant_source else None
     model.to_empty(device=torch_device)
     model.reset_buffers()
-    _fill_strict(model, weights, config, with_audio)
+    _fill_strict(model, weights, config, with_audio, quantized)
     model.eval().requires_grad_(False)
 
     tokenizer = Tokenizer.from_checkpoint(directory)
@@ -124,7 +134,17 @@ def load_model(
         generation=generation,
         dtype=torch_dtype,
         device=torch_device,
+        quantization=quantized.describe() if quantized else None,
     )
+
+
+def _quantization(quantize, directory: Path):
+    from omni.quant.loader import choose
+    from omni.quant.spec import QuantSpec, parse_quantization_config
+
+    raw = read_quantization_config(directory)
+    published = parse_quantization_config(raw, str(directory / "config.json")) if raw is not None else None
+    return choose(QuantSpec.parse(quantize), published, directory)
 
 
 def _decide_audio_output(
@@ -149,11 +169,12 @@ def _decide_audio_output(
     return bool(config.enable_audio_output) or bool(requested)
 
 
-def _fill_strict(model: OmniModel, weights: WeightFiles, config: OmniConfig, with_audio: bool) -> None:
+def _fill_strict(model: OmniModel, weights: WeightFiles, config: OmniConfig, with_audio: bool,
+                 quantized: QuantizedLinears | None = None) -> None:
     prefixes = ("thinker.",) + (tuple(f"{c}." for c in AUDIO_COMPONENTS) if with_audio else ())
     known_prefixes = ("thinker.",) + tuple(f"{c}." for c in AUDIO_COMPONENTS)
     targets = model.state_dict()
-    expected = set(targets)
+    expected = set(targets) | (quantized.checkpoint_names() if quantized else set())
     wanted = {name for name in weights.names if name.startswith(prefixes)}
     unknown = {name for name in weights.names if not name.startswith(known_prefixes)}
 
@@ -175,6 +196,9 @@ def _fill_strict(model: OmniModel, weights: WeightFiles, config: OmniConfig, wit
 
     with torch.no_grad():
         for name, tensor in weights.read(wanted):
+            if quantized is not None and quantized.owns(name):
+                quantized.take(name, tensor)
+                continue
             target = targets[name]
             if tuple(tensor.shape) != tuple(target.shape):
                 raise CheckpointError(
@@ -184,6 +208,8 @@ def _fill_strict(model: OmniModel, weights: WeightFiles, config: OmniConfig, wit
             target.copy_(tensor)
         if tie_lm_head:
             model.thinker.lm_head.weight = model.thinker.model.embed_tokens.weight
+        if quantized is not None:
+            quantized.finish()
 
 
 def _listing(names: list[str]) -> str:

@@ -74,6 +74,7 @@ def run_fingerprint(task: str, loaded: LoadedModel, samples: Sequence[Any], max_
         "task": task,
         "model": {"path": str(loaded.path), "digest": model_digest(Path(loaded.path))},
         "dtype": str(loaded.dtype).removeprefix("torch."),
+        "quantization": loaded.quantization,
         "data": {"samples": len(samples), "digest": data_digest(samples)},
         "max_new_tokens": max_new_tokens,
         "seed": seed,
