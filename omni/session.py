@@ -150,9 +150,12 @@ class OmniSession:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "auto",
         audio_output: bool | None = None,
+        quantize: str | None = None,
         **session_options: Any,
     ) -> OmniSession:
-        return cls(load_model(path_or_hub_id, dtype=dtype, device=device, audio_output=audio_output), **session_options)
+        """`quantize`: None, "int8" or "int4[:GROUP]" (the Thinker's decoder linears, see omni.quant)."""
+        return cls(load_model(path_or_hub_id, dtype=dtype, device=device, audio_output=audio_output, quantize=quantize),
+                   **session_options)
 
     # ------------------------------------------------------------------------------------------
     # Conversation control

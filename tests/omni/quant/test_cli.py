@@ -46,3 +46,14 @@ def test_bad_quantize_options_are_one_clear_line(tiny_checkpoint, tmp_path, caps
     assert code == 2
     assert "--group-size and --desc-act go with --quantize gptq|awq" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before anything was built
+
+
+def test_from_pretrained_quantizes(tiny_checkpoint):
+    from omni.quant.linear import QuantLinear
+    from omni.session import OmniSession
+
+    session = OmniSession.from_pretrained(tiny_checkpoint, dtype="fp32", audio_output=False, quantize="int8",
+                                          engine=False)
+    assert session.model.quantization and "int8" in session.model.quantization
+    assert any(isinstance(m, QuantLinear) for m in session.model.model.thinker.modules())
+    assert isinstance(session.reply("Hi.", max_new_tokens=2).text, str)
