@@ -91,9 +91,16 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny", seed: int = 0,
-                    force: bool = False) -> Path:
+                    force: bool = False, device: str | None = None, weights_dtype: str | None = None,
+                    max_shard_size: str | int | None = None) -> Path:
     """Write a random-weight checkpoint of `preset` to `directory`. An earlier make_checkpoint output
-    there is replaced; any other non-empty directory only with `force` (see `_claim_target`)."""
+    there is replaced; any other non-empty directory only with `force` (see `_claim_target`).
+
+    `device` (e.g. "cuda"), a `weights_dtype` other than fp32 (the preset's own, or this argument) or
+    `max_shard_size` build the weights submodel by submodel on that device (default "cpu") and write
+    shards as they fill (omni.tools.stream_weights): the way to make the 7B shape where only the GPU
+    has the memory. Otherwise the whole reference model is built on the CPU and saved with
+    save_pretrained, as the tiny and small test checkpoints always were."""
     try:
         import torch
         from transformers import GenerationConfig, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
@@ -111,15 +118,22 @@ def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny",
         talker_config=spec.talker,
         token2wav_config={"dit_config": spec.dit, "bigvgan_config": spec.bigvgan},
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniForConditionalGeneration(config).eval()
-    # The reference init (normal, std 0.02) leaves a random vocoder near-silent (~1e-8): give its
-    # convolutions PyTorch's default fan-in scaling so test audio has a real level to compare.
-    for module in model.token2wav.code2wav_bigvgan_model.modules():
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
-            module.reset_parameters()
-    kwargs = {"max_shard_size": spec.max_shard_size} if spec.max_shard_size else {}
-    model.save_pretrained(target, **kwargs)
+    weights_dtype = weights_dtype or spec.weights_dtype
+    if device is not None or weights_dtype != "fp32" or max_shard_size is not None:
+        from omni.tools.stream_weights import write_random_weights
+
+        config.architectures = ["Qwen2_5OmniForConditionalGeneration"]
+        config.dtype = "float32" if weights_dtype == "fp32" else {"bf16": "bfloat16", "fp16": "float16"}[weights_dtype]
+        config.save_pretrained(target)
+        write_random_weights(config, target, device or "cpu", weights_dtype,
+                             max_shard_size or spec.max_shard_size or "2GB", seed, _fix_vocoder_init)
+    else:
+        torch.manual_seed(seed)
+        model = Qwen2_5OmniForConditionalGeneration(config).eval()
+        _fix_vocoder_init(model.token2wav)
+        kwargs = {"max_shard_size": spec.max_shard_size} if spec.max_shard_size else {}
+        model.save_pretrained(target, **kwargs)
+        del model
     _write_quirk_fixes(target)
     GenerationConfig(eos_token_id=[151645, 151643], pad_token_id=151643).save_pretrained(target)
 
@@ -136,6 +150,16 @@ def make_checkpoint(directory: str | os.PathLike, preset: str | Preset = "tiny",
     write_tokenizer(target)
     _write_processor(target)
     return target
+
+
+def _fix_vocoder_init(token2wav) -> None:
+    """The reference init (normal, std 0.02) leaves a random vocoder near-silent (~1e-8): give its
+    convolutions PyTorch's default fan-in scaling so test audio has a real level to compare."""
+    import torch
+
+    for module in token2wav.code2wav_bigvgan_model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+            module.reset_parameters()
 
 
 # Written first into every directory make_checkpoint fills, so that a later run recognises its own

@@ -80,8 +80,9 @@ def reference_speech(reference, input_ids: torch.Tensor, speaker: str, thinker_m
     One masked padding token keeps the mask, so the reference runs the talker prefill it means to."""
     attention_mask = torch.ones_like(input_ids)
     if left_pad:
-        input_ids = torch.cat([torch.full((1, left_pad), pad_id, dtype=input_ids.dtype), input_ids], dim=1)
-        attention_mask = torch.cat([torch.zeros((1, left_pad), dtype=attention_mask.dtype), attention_mask], dim=1)
+        pad = torch.full((1, left_pad), pad_id, dtype=input_ids.dtype, device=input_ids.device)
+        input_ids = torch.cat([pad, input_ids], dim=1)
+        attention_mask = torch.cat([torch.zeros_like(pad, dtype=attention_mask.dtype), attention_mask], dim=1)
     captured: dict = {"logits": []}
     repeats = reference.config.token2wav_config.dit_config.repeats
     mel_dim = reference.config.token2wav_config.dit_config.mel_dim

@@ -164,3 +164,63 @@ def test_image_and_audio_prompt_speech_matches_reference(tiny_checkpoint, tmp_pa
     assert list(reply.done.codec_codes) == expected.codes
     assert max((a - b).abs().max().item() for a, b in zip(talker_logits, expected.talker_logits)) <= 1e-4
     assert (torch.from_numpy(reply.audio) - expected.waveform).abs().max().item() <= 1e-4
+
+
+# --- Other devices and dtypes (tests/devices.py): the CPU fp32 tests above keep their tolerances ---
+
+from tests.devices import DTYPES, LLM_CASES, REDUCED_PRECISION_FACTOR, assert_no_worse_than_reference, strict_fp32  # noqa: E402
+
+DEVICE_CODES = 32
+# Three reply tokens: the Talker is under test here, and a random Thinker in bf16 parts from the
+# reference at near-ties within a few tokens (the Thinker's own device tests judge those).
+DEVICE_TEXT_TOKENS = 3
+
+
+@pytest.mark.parametrize("device,dtype", LLM_CASES)
+def test_talker_logits_and_codes_on_device_and_dtype(tiny_checkpoint, device, dtype):
+    """The whole spoken reply on `device` in `dtype` (codec fp32) against the reference there: same
+    text; in fp32 the same codes and talker logits within the CPU tolerance; in bf16/fp16 the first
+    talker step no further from the fp32 reference than twice the reference's own error, and the codes
+    equal until a step where the reference's own two candidates are closer than that error."""
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    from omni.loading import load_model
+
+    ours = load_model(tiny_checkpoint, dtype=dtype, device=device, audio_output=True)
+    reference = Qwen2_5OmniForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=DTYPES[dtype]).eval()
+    reference.to(device)
+    reference.token2wav.float()
+    prompt = build_prompt(ours, [MESSAGES], system_prompt=AUDIO_SYSTEM_PROMPT)
+    with strict_fp32():
+        expected = reference_speech(reference, prompt.input_ids.to(device), "Chelsie", DEVICE_TEXT_TOKENS, DEVICE_CODES)
+        talker_logits = []
+        hook = ours.model.talker.register_forward_hook(lambda module, args, out: talker_logits.append(out[0].float().cpu()))
+        try:
+            speech = SpeechOptions(voice="Chelsie", streaming=False, talker=TalkerOptions(
+                sampling=SamplingParams(do_sample=False, repetition_penalty=1.05), max_codes=DEVICE_CODES,
+                codes_per_text_token=None))
+            reply = OmniSession(ours, sampling=SamplingParams(do_sample=False)).reply(
+                MESSAGES, return_audio=True, max_new_tokens=DEVICE_TEXT_TOKENS, speech=speech)
+        finally:
+            hook.remove()
+    assert reply.text == ours.tokenizer.decode(expected.text_ids)
+    theirs = [logits.float().cpu() for logits in expected.talker_logits]
+    codes, expected_codes = list(reply.done.codec_codes), expected.codes
+    if dtype == "fp32":
+        assert codes == expected_codes
+        assert max((a - b).abs().max().item() for a, b in zip(talker_logits, theirs)) <= 1e-4
+        return
+    fp32_reference = Qwen2_5OmniForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    fp32 = reference_speech(fp32_reference, prompt.input_ids, "Chelsie", DEVICE_TEXT_TOKENS, 1)
+    assert fp32.text_ids == expected.text_ids  # the same prefill input for the first talker step
+    assert_no_worse_than_reference(talker_logits[0], theirs[0], fp32.talker_logits[0], f"{device} {dtype} talker step 0")
+    noise = (theirs[0] - fp32.talker_logits[0]).abs().max().item()
+    if codes[:len(expected_codes)] == expected_codes and len(codes) == len(expected_codes):
+        return
+    first = next((i for i, (a, b) in enumerate(zip(codes, expected_codes)) if a != b), min(len(codes), len(expected_codes)))
+    if first < min(len(codes), len(expected_codes)):
+        step = theirs[first + 1]  # logits[0] is the prefill, whose argmax is the first code
+        margin = abs(step[codes[first]] - step[expected_codes[first]]).item()
+        assert margin <= REDUCED_PRECISION_FACTOR * noise, (
+            f"code {first} differs ({codes[first]} vs {expected_codes[first]}): reference margin {margin:.3g}, "
+            f"more than the dtype's error {noise:.3g}")

@@ -116,3 +116,80 @@ def test_batched_greedy_matches_reference_batch(pair):
     )
     expected = generated[:, prompt.input_ids.shape[1]:]
     assert actual.tolist() == expected.tolist()
+
+
+# --- Other devices and dtypes (tests/devices.py): the CPU fp32 tests above keep their tolerances ---
+
+from tests.devices import DTYPES, LLM_CASES, assert_no_worse_than_reference, strict_fp32  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reference_fp32(tiny_checkpoint):
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+
+
+def _device_pair(checkpoint, device, dtype):
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    ours = load_model(checkpoint, dtype=dtype, device=device, audio_output=False)
+    reference = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(checkpoint, dtype=DTYPES[dtype])
+    return ours, reference.eval().to(device)
+
+
+def _omni_logits(ours, prompt, device):
+    thinker = ours.model.thinker
+    mask = prompt.token_mask.to(device) if prompt.token_mask is not None else None
+    hidden = thinker(thinker.embed(prompt.input_ids.to(device)), prompt.position_ids.to(device), token_mask=mask)
+    return thinker.lm_head(hidden).float().cpu()
+
+
+@pytest.mark.parametrize("device,dtype", LLM_CASES)
+def test_batch_logits_on_device_and_dtype(tiny_checkpoint, reference_fp32, device, dtype):
+    ours, reference = _device_pair(tiny_checkpoint, device, dtype)
+    prompt = text_prompt(_token_lists(ours.tokenizer), pad_id=PAD_ID)
+    real = prompt.token_mask
+    with torch.no_grad(), strict_fp32():
+        fp32 = reference_fp32(input_ids=prompt.input_ids, attention_mask=real.long()).logits
+        theirs = reference(input_ids=prompt.input_ids.to(device), attention_mask=real.long().to(device)).logits
+        actual = _omni_logits(ours, prompt, device)
+    if dtype == "fp32":
+        assert (actual - fp32)[real].abs().max().item() <= 1e-4
+    else:
+        assert_no_worse_than_reference(actual[real], theirs[real.to(theirs.device)], fp32[real], f"{device} {dtype} logits")
+
+
+@pytest.mark.parametrize("device,dtype", LLM_CASES)
+def test_greedy_tokens_on_device_and_dtype(tiny_checkpoint, reference_fp32, device, dtype):
+    """32 greedy tokens equal the reference's in the same dtype on the same device; where reduced
+    precision makes them part, the fp32 logits of the two candidates must be a near-tie: closer than the
+    reference's own error in that dtype at that position (else the difference is omni's)."""
+    ours, reference = _device_pair(tiny_checkpoint, device, dtype)
+    ids = _token_lists(ours.tokenizer)[0]
+    prompt = text_prompt([ids], pad_id=PAD_ID)
+    with strict_fp32():
+        actual = [int(step.token_ids[0]) for step in stream_thinker(
+            ours.model.thinker, prompt, SamplingParams(), 32, stop_token_ids=[], pad_token_id=PAD_ID)]
+        expected = reference.generate(input_ids=prompt.input_ids.to(device),
+                                      attention_mask=torch.ones_like(prompt.input_ids).to(device), max_new_tokens=32,
+                                      min_new_tokens=None, do_sample=False, eos_token_id=None,
+                                      pad_token_id=PAD_ID)[0, len(ids):].tolist()
+    assert len(actual) == len(expected) == 32
+    if actual == expected:
+        return
+    assert dtype != "fp32", f"fp32 on {device} parts from the reference: {actual} vs {expected}"
+    first = next(i for i, (a, b) in enumerate(zip(actual, expected)) if a != b)
+    prefix = torch.tensor([ids + expected[:first]])
+    with torch.no_grad():
+        fp32 = reference_fp32(input_ids=prefix, attention_mask=torch.ones_like(prefix)).logits[0, -1]
+        theirs = reference(input_ids=prefix.to(device),
+                           attention_mask=torch.ones_like(prefix).to(device)).logits[0, -1].float().cpu()
+    margin = abs(fp32[actual[first]] - fp32[expected[first]]).item()
+    noise = (theirs - fp32).abs().max().item()
+    assert margin <= REDUCED_NEAR_TIE * noise, (
+        f"{device} {dtype}: token {first} differs ({actual[first]} vs {expected[first]}) with an fp32 margin "
+        f"{margin:.3g}, more than the dtype's own error {noise:.3g}")
+
+
+REDUCED_NEAR_TIE = 2.0  # as REDUCED_PRECISION_FACTOR: the same "twice the reference's own error" rule
