@@ -28,8 +28,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,9 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.server_process import ServerProcess  # noqa: E402
 RATE = 24000
 PIECE_MS = 20
 QUESTIONS = ["Hello there. What is the weather like in Paris today?", "Can you tell me a short story about a cat?",
@@ -53,12 +54,6 @@ def _percentile(values: list[float], fraction: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))], 4)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _checkpoint(args) -> Path:
@@ -101,33 +96,10 @@ def _wav(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Server:
-    def __init__(self, checkpoint: Path, args) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "omni.cli", "serve", str(checkpoint), "--port", str(self.port),
-                   "--dtype", args.dtype, "--device", args.device, "--log-level", "warning",
-                   "--default-max-tokens", str(args.max_tokens),
-                   "--realtime-max-sessions", str(max(args.connections) + 1)]
-        self.process = subprocess.Popen(command, cwd=REPO)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 600
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start within 600 s")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+def start_server(checkpoint: Path, args) -> ServerProcess:
+    return ServerProcess(checkpoint, ["--dtype", args.dtype, "--device", args.device,
+                                      "--default-max-tokens", str(args.max_tokens),
+                                      "--realtime-max-sessions", str(max(args.connections) + 1)])
 
 
 async def http_first_audio(url: str, question: np.ndarray, args) -> float:
@@ -213,7 +185,7 @@ def run_conversations(args) -> dict:
     checkpoint = _checkpoint(args)
     args.served_name = checkpoint.name
     questions = spoken_questions()
-    server = Server(checkpoint, args)
+    server = start_server(checkpoint, args)
     try:
         server.wait_ready()
         asyncio.run(http_first_audio(server.url, questions[0], args))  # warm-up

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -26,18 +25,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.server_process import free_port  # noqa: E402
 from bench.token2wav import cpu_name  # noqa: E402
 from omni.cli import build_parser  # noqa: E402
 from omni.server.replicas import DEPLOYMENT, NAMESPACE, build_application, plan_from_args  # noqa: E402
 from omni.tools.make_checkpoint import cached_checkpoint  # noqa: E402
 
 MODEL = "omni-bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def _one(client: httpx.AsyncClient, index: int, max_tokens: int) -> tuple[float | None, bool]:
@@ -106,7 +100,7 @@ def main() -> None:
 
     checkpoint = cached_checkpoint(args.preset)
     ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     runs: dict[int, list[dict]] = {1: [], 2: []}
     try:

@@ -30,9 +30,7 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,17 +38,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from omni.tools.make_checkpoint import cached_checkpoint
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.server_process import ServerProcess  # noqa: E402
+from omni.tools.make_checkpoint import cached_checkpoint  # noqa: E402
+
 PROMPTS = ["Tell me about rivers.", "What is the weather like on Mars?", "Describe a busy market.",
            "How do birds fly?", "Say something kind.", "Explain rainbows.", "What is music?", "Describe the sea."]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _percentile(values: list[float], fraction: float) -> float | None:
@@ -60,36 +55,11 @@ def _percentile(values: list[float], fraction: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))], 4)
 
 
-class Server:
-    def __init__(self, checkpoint: Path, args, *extra: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "omni.cli", "serve", str(checkpoint), "--port", str(self.port),
-                   "--dtype", args.dtype, "--device", args.device, "--log-level", "warning", *extra]
-        if args.threads is not None:
-            command += ["--threads", str(args.threads)]
-        self.process = subprocess.Popen(command, cwd=REPO)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 300
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start within 300 s")
-            time.sleep(0.2)
-
-    def stats(self) -> dict:
-        return httpx.get(f"{self.url}/stats", timeout=10).json()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+def start_server(checkpoint: Path, args, *extra: str) -> ServerProcess:
+    options = ["--dtype", args.dtype, "--device", args.device, *extra]
+    if args.threads is not None:
+        options += ["--threads", str(args.threads)]
+    return ServerProcess(checkpoint, options, ready_timeout_s=300)
 
 
 async def _one_request(client: httpx.AsyncClient, url: str, messages: list, args, spoken: bool = True) -> dict:
@@ -162,9 +132,9 @@ def _warm(url: str, args) -> None:
 
 def load_mode(checkpoint: Path, args) -> dict:
     levels = sorted({int(n) for n in args.levels.split(",")} | {1, args.requests})
-    engine = Server(checkpoint, args, "--scheduler", "engine", "--max-batch", str(max(levels)),
+    engine = start_server(checkpoint, args, "--scheduler", "engine", "--max-batch", str(max(levels)),
                     "--max-queue", str(max(levels)))
-    threads = Server(checkpoint, args, "--scheduler", "threads", "--max-concurrent", str(max(levels)),
+    threads = start_server(checkpoint, args, "--scheduler", "threads", "--max-concurrent", str(max(levels)),
                      "--max-queue", str(max(levels)))
     servers = {"engine": engine, "threads": threads}
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -240,8 +210,8 @@ def _media_urls() -> tuple[str, str]:
 
 
 def turns_mode(checkpoint: Path, args) -> dict:
-    cached = Server(checkpoint, args, "--cache-gb", "1")
-    uncached = Server(checkpoint, args, "--cache-gb", "0")
+    cached = start_server(checkpoint, args, "--cache-gb", "1")
+    uncached = start_server(checkpoint, args, "--cache-gb", "0")
     servers = {"cache": cached, "no_cache": uncached}
     image_url, audio_b64 = _media_urls()
     last_turn: dict[str, list[float]] = {"cache": [], "no_cache": []}

@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omni.errors import OmniError
 from omni.tools.presets import PRESETS, Preset
@@ -373,12 +375,19 @@ def cached_checkpoint(preset: str, cache_dir: str | os.PathLike | None = None) -
     digest = hashlib.sha256(transformers.__version__.encode())
     for module in ("tools/make_checkpoint.py", "tools/presets.py", "tokenizer.py"):
         digest.update((package / module).read_bytes())
-    target = cache / f"{preset}-{digest.hexdigest()[:12]}"
+    # force: the scratch name is build_once's own, and one left by a crashed build of an older omni
+    # carries no marker
+    return build_once(cache / f"{preset}-{digest.hexdigest()[:12]}",
+                      lambda scratch: make_checkpoint(scratch, preset=preset, force=True))
+
+
+def build_once(target: Path, build: Callable[[Path], Any]) -> Path:
+    """`target`, built by `build(scratch)` into a scratch directory of this process unless a
+    complete one exists, then renamed into place (a marker file says it is complete): concurrent
+    builders never see each other's half-written files."""
     if not (target / "complete").exists():
         scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        # force: the scratch name is this function's own, and one left by a crashed build of an
-        # older omni carries no marker
-        make_checkpoint(scratch, preset=preset, force=True)
+        build(scratch)
         (scratch / "complete").touch()
         try:
             scratch.rename(target)

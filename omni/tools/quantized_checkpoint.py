@@ -22,6 +22,7 @@ import torch
 from omni.errors import OmniError
 from omni.quant import awq, gptq
 from omni.quant.loader import decoder_linear_names
+from omni.tools.make_checkpoint import build_once
 from omni.quant.spec import KERNEL_GROUP_SIZES
 
 METHODS = ("gptq", "awq")
@@ -153,17 +154,10 @@ def cached_quantized_checkpoint(preset: str, method: str, desc_act: bool = False
         digest.update((package / module).read_bytes())
     suffix = f"{method}{'-act-order' if desc_act else ''}{f'-g{group_size}' if group_size else ''}"
     target = base.with_name(f"{preset}-{suffix}-{digest.hexdigest()[:12]}")
-    if not (target / "complete").exists():
-        scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    def build(scratch: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.copytree(base, scratch, symlinks=True)
         (scratch / "complete").unlink(missing_ok=True)
         quantize_checkpoint(scratch, method, group_size=group_size, desc_act=desc_act)
-        (scratch / "complete").touch()
-        try:
-            scratch.rename(target)
-        except OSError:  # another process finished the same build first
-            shutil.rmtree(scratch, ignore_errors=True)
-            if not (target / "complete").exists():
-                raise
-    return target
+
+    return build_once(target, build)
