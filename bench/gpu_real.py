@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.gpu_smoke import _first_difference  # noqa: E402
 from bench.sizes import PRESET_CHOICES, llm_dtype, load_reference, size_fields, synchronize  # noqa: E402
 from bench.token2wav import cpu_name  # noqa: E402
 from bench.turns import take_turns  # noqa: E402
@@ -87,13 +88,6 @@ class Memory:
 def _top2(logits: torch.Tensor) -> list[list[float]]:
     values, ids = logits.float().topk(2)
     return [[int(i), round(float(v), 4)] for v, i in zip(values, ids)]
-
-
-def _first_difference(a: list[int], b: list[int]) -> int | None:
-    for index, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return index
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def main() -> None:

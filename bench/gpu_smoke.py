@@ -35,7 +35,8 @@ def _text(session: OmniSession, tokens: int) -> tuple[str, float]:
     return reply.text, time.perf_counter() - started
 
 
-def _first_difference(a: str, b: str) -> int | None:
+def _first_difference(a, b) -> int | None:
+    """The first index where two sequences (texts, token or code lists) differ; None if equal."""
     for index, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return index

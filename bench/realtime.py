@@ -66,23 +66,12 @@ def _checkpoint(args) -> Path:
 
 def spoken_questions() -> list[np.ndarray]:
     """espeak-ng questions as int16 PCM at 24 kHz, their leading and trailing silence trimmed."""
-    import av
-
-    from omni.tools.media_factory import speech
+    from omni.tools.media_factory import speech, trimmed_pcm16
 
     out = []
     folder = Path(tempfile.mkdtemp(prefix="omni-bench-realtime-"))
     for index, text in enumerate(QUESTIONS):
-        path = speech(folder / f"q{index}.wav", text)
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        pieces = []
-        with av.open(str(path)) as container:
-            for frame in container.decode(audio=0):
-                pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-        pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-        samples = np.concatenate(pieces).astype(np.int16)
-        voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
-        out.append(samples[voiced[0]:voiced[-1] + 1].copy())
+        out.append(trimmed_pcm16(speech(folder / f"q{index}.wav", text), RATE))
     return out
 
 

@@ -79,6 +79,19 @@ def speech(path: Path, text: str) -> Path:
     return path
 
 
+def trimmed_pcm16(path: Path, rate: int) -> np.ndarray:
+    """An audio file as mono int16 PCM at `rate`, its leading and trailing silence trimmed."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    pieces = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    samples = np.concatenate(pieces).astype(np.int16)
+    voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    return samples[voiced[0]:voiced[-1] + 1].copy()
+
+
 def drawing(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
     """Shapes in random colours on a gradient, deterministic per seed."""
     rng = np.random.default_rng(seed)

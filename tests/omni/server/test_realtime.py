@@ -15,7 +15,7 @@ import pytest
 from omni.pipeline import CODEC_TOKENS_PER_TEXT_TOKEN
 from omni.server.app import ServerConfig
 from omni.server.realtime import RealtimeLimits
-from omni.tools.media_factory import speech
+from omni.tools.media_factory import speech, trimmed_pcm16
 from tests.omni.server.conftest import start_server
 
 pytest.importorskip("websockets", reason="the realtime tests need openai[realtime] (websockets)")
@@ -49,18 +49,7 @@ def strict_rt_server(served_model):
 @pytest.fixture(scope="module")
 def spoken_24k(tmp_path_factory) -> np.ndarray:
     """espeak-ng speech as int16 PCM at 24 kHz, its leading and trailing silence trimmed."""
-    import av
-
-    path = speech(tmp_path_factory.mktemp("rt-speech") / "question.wav", SPEECH_TEXT)
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-    pieces = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(audio=0):
-            pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    samples = np.concatenate(pieces).astype(np.int16)
-    voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
-    return samples[voiced[0]:voiced[-1] + 1].copy()
+    return trimmed_pcm16(speech(tmp_path_factory.mktemp("rt-speech") / "question.wav", SPEECH_TEXT), RATE)
 
 
 def silence(seconds: float) -> np.ndarray:
