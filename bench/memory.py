@@ -1,10 +1,21 @@
 """Memory and decode speed of each weight mode: bf16, load-time int8 and int4, and the GPTQ / AWQ
-layouts that `omni make-checkpoint --quantize` writes, Thinker only (audio_output=False, the text
-serving baseline).
+layouts that `omni make-checkpoint --quantize` writes, Thinker only (audio_output=False: text-only
+serving never loads the Talker and codec; bf16 text-only is the baseline every ratio divides by);
+then the whole model with speech output (`speech`) and with `--offload encoders|talker|all`
+(`offload-encoders`, `offload-talker`, `offload-all`), bf16.
 
-    python bench/memory.py --preset 3b-wide|small|7b [--device cpu|cuda] [--modes bf16,int8,int4,gptq,awq]
+    python bench/memory.py --preset 3b-wide|small|7b [--device cpu|cuda] [--modes bf16,int8,...,offload-all]
         [--tokens 24] [--dtype bf16]            (int4:GROUP for another group size, e.g. int4:32 at tiny)
     python bench/memory.py --preset 3b|7b --computed   # weight bytes per mode from the shapes, nothing loaded
+
+Offload modes: the weight bytes of each offloaded stage (vision tower, audio tower, Talker + codec)
+are those of the loaded tensors; `device_idle_weights` is what the device holds between uses (every
+other weight), `device_one_reply_weights` that plus the largest stage one reply holds at a time (a
+reply holds one tower per call, then the Talker and codec while it speaks; replies overlapping in an
+engine can hold them all). On CUDA `device_allocated_after_load` measures the idle figure; on a CPU
+offload moves nothing (the device's memory is the host's), so the figures are the loaded tensors'
+bytes, arithmetic that holds on a GPU. Byte figures do not depend on the machine's load; the
+seconds (load_s, decode) do, and this CPU is shared.
 
 Memory: each mode loads in a fresh process (its peaks are its own): the weight bytes (the whole
 loaded model, and the decoder linears that quantization touches against the same linears in bf16),
@@ -36,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.sizes import PRESET_CHOICES, size_fields, synchronize  # noqa: E402
 from bench.token2wav import cpu_name  # noqa: E402
 
-MODES = ("bf16", "int8", "int4", "gptq", "awq")
+QUANT_MODES = ("bf16", "int8", "int4", "gptq", "awq")
+OFFLOAD_MODES = ("offload-encoders", "offload-talker", "offload-all")
+MODES = QUANT_MODES + ("speech",) + OFFLOAD_MODES
 MIB = 2**20
 PROMPT_TOKENS = 16
 
@@ -65,17 +78,42 @@ def measure(path: Path, mode: str, dtype: str, device: str, tokens: int) -> dict
     torch.manual_seed(0)
     before = host_anon_bytes()
     quantize = mode if mode.startswith("int") else None
+    speaks = mode == "speech" or mode in OFFLOAD_MODES
+    offload = mode.removeprefix("offload-") if mode in OFFLOAD_MODES else None
     start = time.perf_counter()
     with HostMemorySampler() as sampler:
-        loaded = load_model(path, dtype=dtype, device=device, audio_output=False, quantize=quantize)
+        loaded = load_model(path, dtype=dtype, device=device, audio_output=speaks, quantize=quantize, offload=offload)
     load_s = time.perf_counter() - start
     weights = weight_bytes(loaded.model, decoder_linear_names(loaded.config.thinker.text.num_layers))
     figures = {
-        "mode": mode, "quantization": loaded.quantization, "load_s": round(load_s, 2),
-        "weights": weights.as_dict(),
+        "mode": mode, "quantization": loaded.quantization, "audio_output": loaded.audio_output,
+        "load_s": round(load_s, 2), "weights": weights.as_dict(),
         "host_anon_before_load": before, "load_peak_host_anon": sampler.peak_bytes,
         "load_peak_host_rss_vmhwm": host_peak_bytes(), "device_peak_after_load": device_peak_bytes(loaded.device),
     }
+    if offload is not None:
+        figures.update(_offload_figures(loaded, offload, weights.total))
+    return figures
+
+
+def _offload_figures(loaded, mode: str, total_bytes: int) -> dict:
+    """What the device holds idle and during one reply under `mode` (see the module docstring)."""
+    from omni.offload import STAGE_MODULES, stage_names
+
+    stages = {}
+    for name in stage_names(mode, loaded.audio_output):
+        paths, kept = STAGE_MODULES[name]
+        tensors = {id(t): t for p in paths for t in list(loaded.model.get_submodule(p).parameters())
+                   + list(loaded.model.get_submodule(p).buffers())}
+        for path in kept:  # stays on the device (what `.device` reads)
+            tensors.pop(id(loaded.model.get_parameter(path)), None)
+        stages[name] = sum(t.untyped_storage().nbytes() for t in tensors.values())
+    idle = total_bytes - sum(stages.values())
+    figures = {"offloaded_stage_weights": stages, "device_idle_weights": idle,
+               "device_one_reply_weights": idle + max(stages.values(), default=0),
+               "offload_note": loaded.offload.note}
+    if loaded.device.type == "cuda":
+        figures["device_allocated_after_load"] = int(torch.cuda.memory_allocated(loaded.device))
     return figures
 
 
@@ -146,21 +184,37 @@ def computed(preset: str, group_size: int = 128) -> dict:
                         r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight")
     linears: list[tuple[int, int]] = []
     other = {"thinker": 0, "talker": 0, "token2wav": 0}
+    towers = {"vision": 0, "audio": 0}  # of other["thinker"]
     for name, parameter in model.named_parameters():
         if linear.fullmatch(name):
             linears.append(tuple(parameter.shape))
         else:
             other[name.split(".", 1)[0]] += parameter.numel()
+            # transformers 5 nests the towers under thinker.model (the checkpoint names them thinker.visual, ...)
+            if re.match(r"thinker\.(model\.)?visual\.", name):
+                towers["vision"] += parameter.numel()
+            elif re.match(r"thinker\.(model\.)?audio_tower\.", name):
+                towers["audio"] += parameter.numel()
     linear_bytes = {
         "bf16": sum(2 * n * k for n, k in linears),
         "int8": sum(n * k + 2 * n for n, k in linears),
         f"int4 (group {group_size})": sum(n * k // 2 + 4 * n * (k // group_size) for n, k in linears),
     }
     audio_bytes = 2 * other["talker"] + 4 * other["token2wav"]
+    stage_bytes = {"vision": 2 * towers["vision"], "audio": 2 * towers["audio"], "speech": audio_bytes}
+    modes = {mode: {"decoder_linears": size, "thinker": size + 2 * other["thinker"],
+                    "with_audio_output": size + 2 * other["thinker"] + audio_bytes}
+             for mode, size in linear_bytes.items()}
+    for mode, offloaded in (("encoders", ("vision", "audio")), ("talker", ("speech",)),
+                            ("all", ("vision", "audio", "speech"))):
+        for quant, figures in list(modes.items()):
+            idle = figures["with_audio_output"] - sum(stage_bytes[s] for s in offloaded)
+            figures[f"offload_{mode}_device_idle"] = idle
+            figures[f"offload_{mode}_device_one_reply"] = idle + max(stage_bytes[s] for s in offloaded)
     return {"preset": preset, "computed": True, "decoder_linear_params": sum(n * k for n, k in linears),
-            "modes": {mode: {"decoder_linears": size, "thinker": size + 2 * other["thinker"],
-                             "with_audio_output": size + 2 * other["thinker"] + audio_bytes}
-                      for mode, size in linear_bytes.items()}}
+            "stage_params": {"vision": towers["vision"], "audio": towers["audio"], "talker": other["talker"],
+                             "token2wav": other["token2wav"]},
+            "offloaded_stage_bytes": stage_bytes, "modes": modes}
 
 
 def main() -> None:
@@ -203,10 +257,13 @@ def main() -> None:
     results = {}
     for mode in modes:
         results[mode] = figures = child("--child", mode, "--path", paths[mode])
-        print(f"{mode:7s} weights {figures['weights']['total'] / MIB:8.1f} MiB (decoder linears "
+        print(f"{mode:16s} weights {figures['weights']['total'] / MIB:8.1f} MiB (decoder linears "
               f"{figures['weights']['decoder_linears'] / MIB:7.1f} MiB), load peak "
               f"{figures['load_peak_host_anon'] / MIB:8.1f} MiB anon / {figures['load_peak_host_rss_vmhwm'] / MIB:8.1f}"
               f" MiB VmHWM", file=sys.stderr)
+        if "device_idle_weights" in figures:
+            print(f"{'':16s} device holds {figures['device_idle_weights'] / MIB:8.1f} MiB idle, "
+                  f"{figures['device_one_reply_weights'] / MIB:8.1f} MiB during one reply", file=sys.stderr)
     speed_modes = [m.strip() for m in args.speed_modes.split(",") if m.strip()]
     if speed_modes[:1] != ["bf16"] or not set(speed_modes) <= set(modes):
         parser.error("--speed-modes must start with bf16 and name modes of --modes")
@@ -218,9 +275,23 @@ def main() -> None:
 
     base = results["bf16"]
     summary = {"bench": "memory", **size_fields(args.preset, args.device), "llm_dtype": args.dtype,
-               "cpu": cpu_name(), "threads": torch.get_num_threads(), "modes": results}
+               "cpu": cpu_name(), "threads": torch.get_num_threads(),
+               "baseline": "bf16, text only (audio_output=False: no Talker, no codec loaded)",
+               "timing_note": "byte figures do not depend on the machine's load; load_s and decode speeds do "
+                              "(this CPU is shared with other work)",
+               "modes": results}
+    with_speech = results.get("speech")
+    if with_speech is not None:
+        summary["text_only_saves_bytes"] = with_speech["weights"]["total"] - base["weights"]["total"]
+    for mode in OFFLOAD_MODES:
+        if mode in results:
+            figures = results[mode]
+            summary[f"{mode}_device_idle_bytes"] = figures["device_idle_weights"]
+            summary[f"{mode}_device_one_reply_bytes"] = figures["device_one_reply_weights"]
+            summary[f"{mode}_device_idle_vs_text_only"] = round(
+                figures["device_idle_weights"] / base["weights"]["total"], 4)
     for mode, figures in results.items():
-        if mode == "bf16":
+        if mode == "bf16" or mode == "speech" or mode in OFFLOAD_MODES:
             continue
         weights = figures["weights"]
         bound = 1.1 * weights["total"] + 512 * MIB

@@ -3,6 +3,9 @@ checkpoint, prompt (an image, an audio clip and a question) and output lengths, 
 
     python bench/ttfa.py --preset small|3b-wide|3b|7b [--device cpu|cuda] [--text-tokens 48] [--codes 400]
         [--repeats 3] [--one-thread-below-frames N]
+    python bench/ttfa.py --family qwen3 --preset tiny|small [--text-tokens 48] [--frames 100] [--repeats 3]
+
+(--family qwen3 runs bench/ttfa_qwen3.py: Qwen3-Omni against its transformers reference; see there.)
 
 The defaults are a typical spoken reply: 48 text tokens, 8 s of speech.
 
@@ -71,7 +74,14 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one-thread-below-frames", type=int, default=ChunkSchedule.one_thread_below_frames)
+    parser.add_argument("--family", default="qwen2_5", choices=["qwen2_5", "qwen3"])
+    parser.add_argument("--frames", type=int, default=100, help="qwen3: codec frames (80 ms each) of the reply")
     args = parser.parse_args()
+    if args.family == "qwen3":
+        from bench.ttfa_qwen3 import print_run
+
+        print_run(args)
+        return
     schedule = ChunkSchedule(one_thread_below_frames=args.one_thread_below_frames)
 
     from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniProcessor

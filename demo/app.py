@@ -258,6 +258,7 @@ def serve(
     max_new_tokens: int = 256,
     block: bool = True,
     quantize: str | None = None,
+    offload: str | None = None,
 ) -> gr.Blocks:
     """Load `model` once and serve the demo on host:port (a public gradio.live link with share)."""
     from omni.loading import load_model
@@ -267,7 +268,7 @@ def serve(
                         "installed: pip install -e '.[demo]' or apt-get install ffmpeg")
     from omni.warmup import warm_up
 
-    loaded = load_model(model, dtype=dtype, device=device, quantize=quantize)
+    loaded = load_model(model, dtype=dtype, device=device, quantize=quantize, offload=offload)
     warm_up(loaded)  # the first user's time to first audio should not pay PyTorch's first-call costs
     app = build_app(loaded, max_new_tokens=max_new_tokens)
     app.queue(default_concurrency_limit=None)

@@ -22,6 +22,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", default=None, metavar="MODE",
                         help="int8 (per output channel) or int4 / int4:GROUP (group-wise, 128 by default): the "
                              "Thinker's decoder linears, quantized while loading (GPTQ/AWQ checkpoints need none)")
+    parser.add_argument("--offload", default=None, choices=["encoders", "talker", "all"],
+                        help="encoders, talker or all: keep the vision/audio towers, the Talker + codec, or both in "
+                             "host memory (pinned) and move them to the device only while they run (no effect on cpu)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +53,8 @@ def _add_conversation_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     from omni.tools.make_checkpoint import make_checkpoint
 
+    if args.family == "qwen3":
+        return _make_qwen3_checkpoint(args)
     if not args.quantize and (args.group_size is not None or args.desc_act):
         raise InputError("--group-size and --desc-act go with --quantize gptq|awq")
     if args.quantize == "awq" and args.desc_act:
@@ -63,6 +68,22 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
         section = quantize_checkpoint(path, args.quantize, group_size=args.group_size, desc_act=args.desc_act,
                                       seed=args.seed)
         print(f"rewrote its Thinker decoder linears in the {args.quantize.upper()} layout: {json.dumps(section)}")
+    return 0
+
+
+def _make_qwen3_checkpoint(args: argparse.Namespace) -> int:
+    from omni.tools.qwen3_checkpoint import make_qwen3_checkpoint
+    from omni.tools.qwen3_presets import PRESETS as QWEN3_PRESETS
+
+    if args.preset not in QWEN3_PRESETS:
+        raise InputError(f"--family qwen3 has the presets {', '.join(QWEN3_PRESETS)}, not {args.preset!r}")
+    unsupported = [flag for flag, value in (("--device", args.device), ("--max-shard-size", args.max_shard_size),
+                                            ("--quantize", args.quantize)) if value]
+    if unsupported:
+        raise InputError(f"{', '.join(unsupported)} go with --family qwen2_5; the qwen3 test checkpoints are "
+                         "built on the CPU in fp32")
+    path = make_qwen3_checkpoint(args.directory, preset=args.preset, seed=args.seed, force=args.force)
+    print(f"wrote a random-weight {args.preset} Qwen3-Omni checkpoint to {path}")
     return 0
 
 
@@ -119,7 +140,7 @@ def _session(args: argparse.Namespace, speak: bool):
         options["voice"] = args.voice  # a wrong name fails now, not after the first prompt
     try:
         loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=speak,
-                            quantize=args.quantize)
+                            quantize=args.quantize, offload=args.offload)
         return OmniSession(loaded, **options)
     except AudioOutputUnavailable as exc:
         raise AudioOutputUnavailable(f"{exc} (here: leave out --out/--save-audio/--play for a text reply)") from None
@@ -154,9 +175,10 @@ class _CtrlCStops:
 
 
 def _speak_reply(session, message, args: argparse.Namespace, speak: bool, player: PcmPlayer | None = None,
-                 out_path=None) -> bool:
+                 out_path=None, on_done=None) -> bool:
     """Stream one reply to the terminal; its speech (when `speak`) plays through `player` as it
-    arrives and goes to `out_path`. Ctrl-C stops the reply; returns True when it was stopped."""
+    arrives and goes to `out_path`; `on_done` gets its ReplyDone. Ctrl-C stops the reply; returns
+    True when it was stopped."""
     from omni.audio_io import StreamingPlayback
     from omni.events import AudioChunk, ReplyDone, TextDelta
 
@@ -201,6 +223,8 @@ def _speak_reply(session, message, args: argparse.Namespace, speak: bool, player
                             playback.feed(event.pcm16())
                     elif isinstance(event, ReplyDone):
                         cancelled = event.finish_reason == "cancelled"
+                        if on_done is not None:
+                            on_done(event)
             sys.stdout.write(" [stopped]\n" if cancelled else "\n")
             sys.stdout.flush()
             if chunks:
@@ -237,26 +261,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     speak, player = _speech_plan(args, args.out)
     session = _session(args, speak)
     message = _user_message(args.prompt, args.image, args.audio, args.video)
-    stopped = _speak_reply(session, [message], args, speak, player, out_path=args.out)
+    replies = []
+    stopped = _speak_reply(session, [message], args, speak, player, out_path=args.out, on_done=replies.append)
     if args.stats:
-        _print_stats(session.model)
+        _print_stats(session.model, replies[-1] if replies else None)
     return 130 if stopped else 0  # the shell's code for an interrupted command
 
 
-def _print_stats(loaded) -> None:
-    """Weight memory and the process's peaks, on stderr after the reply."""
-    from omni.quant.footprint import MIB, device_peak_bytes, host_peak_bytes, weight_bytes
+def _print_stats(loaded, done=None) -> None:
+    """Weight memory, the process's peaks and the reply's peak per stage, on stderr after the reply."""
+    from omni.memory_stats import STAGES, process_peaks
+    from omni.quant.footprint import MIB, weight_bytes
     from omni.quant.loader import decoder_linear_names
 
-    weights = weight_bytes(loaded.model, decoder_linear_names(loaded.config.thinker.text.num_layers))
+    # Qwen3-Omni's decoder feed-forwards are MoE blocks, not the linears omni.quant counts
+    linears = [] if loaded.family == "qwen3_omni_moe" else decoder_linear_names(loaded.config.thinker.text.num_layers)
+    weights = weight_bytes(loaded.model, linears)
     mode = loaded.quantization or str(loaded.dtype).removeprefix("torch.")
-    host, device = host_peak_bytes(), device_peak_bytes(loaded.device)
+    peaks = process_peaks(loaded.device)
     parts = [f"weights {weights.total / MIB:.0f} MiB ({mode})",
-             f"peak host {host / MIB:.0f} MiB resident (mapped checkpoint pages included)" if host is not None
-             else "peak host memory unknown (no /proc/self/status)"]
-    if device is not None:
-        parts.append(f"peak {loaded.device} {device / MIB:.0f} MiB allocated")
+             f"peak host {peaks.host_bytes / MIB:.0f} MiB resident (mapped checkpoint pages included)"]
+    if peaks.device_bytes is not None:
+        parts.append(f"peak {loaded.device} {peaks.device_bytes / MIB:.0f} MiB allocated")
     print(f"[stats: {'; '.join(parts)}]", file=sys.stderr)
+    timings = done.timings if done is not None else None
+    if timings is not None and timings.stage_peak_bytes:
+        figures = sorted(timings.stage_peak_bytes.items(), key=lambda item: STAGES.index(item[0]))
+        stages = ", ".join(f"{stage} {size / MIB:.0f} MiB{'*' if stage in timings.stage_peak_shared else ''}"
+                           for stage, size in figures)
+        shared = "; *: ran beside another stage, whose memory it includes" if timings.stage_peak_shared else ""
+        print(f"[stats: peak per stage ({timings.memory_measure}): {stages}{shared}]", file=sys.stderr)
+    if loaded.offload is not None:
+        print(f"[stats: {loaded.offload.describe()}]", file=sys.stderr)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -313,7 +349,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from omni.loading import load_model
 
     samples = load_asr(args.data) if args.task == "asr" else load_vqa(args.data)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False, quantize=args.quantize)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False, quantize=args.quantize,
+                        offload=args.offload)
     out = args.out or f"eval-{args.task}-{__import__('pathlib').Path(args.data).stem}"
     summary = run_eval(
         args.task, loaded, samples, out, batch_size=args.batch_size, limit=args.limit, seed=args.seed,
@@ -331,7 +368,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise OmniError(f"`omni demo` needs the demo extra ({exc.name} is missing): pip install -e '.[demo]'") from None
 
     serve(args.model, host=args.host, port=args.port, share=args.share == "yes", dtype=args.dtype,
-          device=args.device, max_new_tokens=args.max_new_tokens, quantize=args.quantize)
+          device=args.device, max_new_tokens=args.max_new_tokens, quantize=args.quantize, offload=args.offload)
     return 0
 
 
@@ -341,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = commands.add_parser("make-checkpoint", help="write a random-weight test checkpoint (needs the dev extra)")
     make.add_argument("directory")
+    make.add_argument("--family", choices=["qwen2_5", "qwen3"], default="qwen2_5",
+                      help="qwen2_5: Qwen2.5-Omni (default); qwen3: Qwen3-Omni-30B-A3B's layout (presets tiny, small)")
     make.add_argument("--preset", choices=["tiny", "small", "3b-wide", "3b", "7b"], default="tiny",
                       help="tiny/small: test sizes; 3b, 7b: the published shapes; 3b-wide: 3B widths, few layers")
     make.add_argument("--device", default=None,

@@ -167,14 +167,22 @@ class OmniConfig:
 
 
 def load_config(checkpoint_dir: str | Path) -> OmniConfig:
+    raw, source = read_config_json(checkpoint_dir, "Qwen2.5-Omni")
+    return parse_config(raw, source=source)
+
+
+def read_config_json(checkpoint_dir: str | Path, family: str) -> tuple[dict[str, Any], str]:
+    """(config.json's contents, its path for messages) of a checkpoint directory of `family`."""
     path = Path(checkpoint_dir) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{path} does not exist: a Qwen2.5-Omni checkpoint directory holds config.json")
+        raise CheckpointError(f"{path} does not exist: a {family} checkpoint directory holds config.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    return parse_config(raw, source=str(path))
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(raw).__name__}, not an object")
+    return raw, str(path)
 
 
 def parse_config(raw: dict[str, Any], source: str = "config.json") -> OmniConfig:

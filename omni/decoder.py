@@ -1,11 +1,17 @@
-"""The Qwen2.5 decoder stack: GQA attention with QKV bias, M-RoPE, RMSNorm and SwiGLU.
+"""The Qwen decoder stack: GQA attention, M-RoPE, RMSNorm and a gated feed-forward.
 
-The Thinker's language model and the Talker's LM are both this module; parameter names follow the
-checkpoint (`embed_tokens`, `layers.N.self_attn.q_proj`, ..., `norm`). The module takes input
-embeddings and 3-D positions and returns final-norm hidden states; caches are passed in explicitly.
+Qwen2.5-Omni's Thinker and Talker LMs are `QwenDecoder` (QKV bias, blockwise M-RoPE, SwiGLU).
+Qwen3-Omni's decoders (omni.qwen3.decoder) reuse the same attention, layer and stack with three
+switches: no QKV bias, RMSNorm of q and k over the head dim before rope (`qk_norm`), a per-layer
+feed-forward that may be a sparse MoE (omni.moe), and interleaved M-RoPE (omni.rope). Parameter names
+follow the checkpoints (`embed_tokens`, `layers.N.self_attn.q_proj`, ..., `norm`). The stack takes
+input embeddings and 3-D positions and returns final-norm hidden states; caches are passed in
+explicitly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,17 +24,37 @@ from omni.rope import apply_rotary, inverse_frequencies, mrope_cos_sin, section_
 
 
 class Attention(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    """GQA attention over `config`'s heads (any config with hidden_size, num_attention_heads,
+    num_kv_heads, head_dim and rms_norm_eps). Qwen2.5: bias on q/k/v (`qkv_bias`), none on o.
+    Qwen3: no biases unless `output_bias`, and RMSNorm of each q and k head (`qk_norm`) after the
+    projection and before rope."""
+
+    def __init__(self, config, qkv_bias: bool = True, qk_norm: bool = False, output_bias: bool = False) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.heads_per_kv = self.num_heads // self.num_kv_heads
         self.scale = self.head_dim**-0.5
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=output_bias)
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def _project(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim), before rope."""
+        batch, seq, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, seq, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(batch, seq, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q.transpose(1, 2), k.transpose(1, 2), v
 
     def forward(
         self,
@@ -40,9 +66,7 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         batch, seq, _ = hidden.shape
-        q = self.q_proj(hidden).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self._project(hidden)
         q, k = apply_rotary(q, k, cos, sin)
 
         if cache is not None:
@@ -75,9 +99,7 @@ class Attention(nn.Module):
         `caches[i]` (each at its own length): the projections run batched, attention row by row,
         exactly as a one-row decode step would run it."""
         rows = hidden.shape[0]
-        q = self.q_proj(hidden).view(rows, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden).view(rows, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden).view(rows, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self._project(hidden)
         q, k = apply_rotary(q, k, cos, sin)
         outs = []
         for row, cache in enumerate(caches):
@@ -94,10 +116,13 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    """Pre-norm attention + feed-forward. Without arguments beyond the config it is the Qwen2.5
+    layer; Qwen3 passes its own attention (no bias, q/k norm) and feed-forward (dense or SparseMoE)."""
+
+    def __init__(self, config, attention: Attention | None = None, mlp: nn.Module | None = None) -> None:
         super().__init__()
-        self.self_attn = Attention(config)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.self_attn = attention if attention is not None else Attention(config)
+        self.mlp = mlp if mlp is not None else GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -110,21 +135,25 @@ class DecoderLayer(nn.Module):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-class QwenDecoder(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.register_buffer("inv_freq", inverse_frequencies(config.head_dim, config.rope_theta), persistent=False)
-        self.register_buffer("rope_component", section_index(config.mrope_section), persistent=False)
+class DecoderStack(nn.Module):
+    """Layers + final norm + rope tables, shared by the Qwen2.5 and Qwen3 decoders. A subclass builds
+    `self.layers`, `self.norm` and (optionally) `self.embed_tokens`, then calls `_init_rope`."""
+
+    config: DecoderConfig
+
+    def _init_rope(self, component_of_frequency: torch.Tensor) -> None:
+        self.register_buffer("inv_freq", inverse_frequencies(self.config.head_dim, self.config.rope_theta),
+                             persistent=False)
+        self.register_buffer("rope_component", component_of_frequency, persistent=False)
+
+    def _rope_component(self, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent buffers (after the module was created on the meta device)."""
         device = self.norm.weight.device
         self.inv_freq = inverse_frequencies(self.config.head_dim, self.config.rope_theta, device=device)
-        self.rope_component = section_index(self.config.mrope_section, device=device)
+        self.rope_component = self._rope_component(device)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
         return KVCache.allocate(
@@ -143,12 +172,18 @@ class QwenDecoder(nn.Module):
         position_ids: torch.Tensor,
         cache: KVCache | None = None,
         token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        hidden_states_of_layer: int | None = None,
+        deepstack: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run the stack over `inputs_embeds` (batch, seq, hidden) at `position_ids` (3, batch, seq).
 
         With a cache, the new keys/values are appended after `cache.length` and attention sees all
         earlier slots; `cache.length` advances. `token_mask` (batch, seq) marks real tokens of a
-        left-padded batch.
+        left-padded batch. `deepstack(layer_index, hidden)` (Qwen3's vision deepstack) may replace
+        the hidden states after each layer. With `hidden_states_of_layer` k, returns (final-norm
+        hidden states, the hidden states entering layer k) — transformers' `hidden_states[k]`: 0 the
+        embeddings, k the output of layer k-1 as the layer returned it (before any deepstack
+        addition); k = num_layers gives the final-norm states, as the reference's last entry is.
         """
         batch, seq, _ = inputs_embeds.shape
         start = 0
@@ -161,11 +196,23 @@ class QwenDecoder(nn.Module):
 
         cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.rope_component, inputs_embeds.dtype)
         hidden = inputs_embeds
+        kept = hidden if hidden_states_of_layer == 0 else None
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, cos, sin, cache, index, mask)
+            if hidden_states_of_layer == index + 1:
+                kept = hidden
+            if deepstack is not None:
+                hidden = deepstack(index, hidden)
         if cache is not None:
             cache.length = start + seq
-        return self.norm(hidden)
+        hidden = self.norm(hidden)
+        if hidden_states_of_layer is None:
+            return hidden
+        if hidden_states_of_layer == len(self.layers):
+            kept = hidden
+        if kept is None:
+            raise ValueError(f"hidden_states_of_layer={hidden_states_of_layer} is outside 0..{len(self.layers)}")
+        return hidden, kept
 
     def forward_rows(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, caches: list[KVCache]
                      ) -> torch.Tensor:
@@ -186,6 +233,21 @@ class QwenDecoder(nn.Module):
         for cache in caches:
             cache.length += 1
         return self.norm(hidden)
+
+
+class QwenDecoder(DecoderStack):
+    """The Qwen2.5 decoder (QKV bias, blockwise M-RoPE, SwiGLU)."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self._init_rope(section_index(config.mrope_section))
+
+    def _rope_component(self, device: torch.device) -> torch.Tensor:
+        return section_index(self.config.mrope_section, device=device)
 
 
 def _attention_mask(

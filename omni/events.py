@@ -39,13 +39,21 @@ class Usage:
 
 @dataclass(frozen=True)
 class Timings:
-    """Seconds from the start of the request; per-stage compute seconds; real-time factor."""
+    """Seconds from the start of the request; per-stage compute seconds and peak memory; real-time factor."""
 
     first_text_s: float | None = None
     first_audio_s: float | None = None
     total_s: float = 0.0
     audio_duration_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)  # prefill, thinker, talker, token2wav, ...
+    # Peak memory while each stage ran (encoders, thinker_prefill, thinker_decode, talker, codec), in
+    # the unit `memory_measure` names (CUDA: PyTorch's allocated bytes; CPU: the resident set); the
+    # stages in `stage_peak_shared` ran beside another one, whose memory their figure includes (see
+    # omni.memory_stats). Empty where nothing was measured (a reply run without the engine measures
+    # its encoders only).
+    stage_peak_bytes: dict[str, int] = field(default_factory=dict)
+    memory_measure: str | None = None
+    stage_peak_shared: tuple[str, ...] = ()
 
     @property
     def real_time_factor(self) -> float | None:

@@ -9,6 +9,7 @@ filled, or loading stops with an error naming the keys.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from omni.checkpoint import (
 from omni.config import OmniConfig, load_config
 from omni.errors import AudioOutputUnavailable, CheckpointError, InputError
 from omni.model import AUDIO_COMPONENTS, OmniModel
+from omni.offload import Offload, host_module_paths, parse_mode
+from omni.offload import install as install_offload
 from omni.quant.loader import QuantizedLinears
 from omni.tokenizer import Tokenizer
 
@@ -54,6 +57,8 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     quantization: str | None = None  # e.g. "int4 in groups of 128", "GPTQ 4 bit, group 128, ..."; None: full precision
+    offload: Offload | None = None  # the stages kept in host memory while idle (omni.offload); None: none
+    family: str = "qwen2_5_omni"  # config.json's model_type family (omni.speech dispatches Qwen3-Omni's on it)
 
     @property
     def audio_output(self) -> bool:
@@ -84,6 +89,7 @@ def load_model(
     audio_output: bool | None = None,
     revision: str | None = None,
     quantize: str | None = None,
+    offload: str | None = None,
 ) -> LoadedModel:
     """Load a checkpoint directory (or hub id).
 
@@ -94,8 +100,17 @@ def load_model(
     quantize: "int8" (per output channel) or "int4" / "int4:GROUP" (group-wise, 128 by default)
     quantizes the Thinker's decoder linears while loading, tensor by tensor (omni.quant). A GPTQ or
     AWQ checkpoint (config.json `quantization_config`) is loaded in its own format without it.
+
+    offload: "encoders", "talker" or "all" keeps the vision/audio towers (encoders), the Talker and
+    codec (talker), or both (all) in host memory, pinned, and moves them to the device only while
+    they run (omni.offload). They are built and filled in host memory, so the device never holds
+    them at load. No effect on a CPU device (noted in `LoadedModel.offload`).
     """
     directory = resolve_checkpoint(path_or_hub_id, revision=revision)
+    if model_type(directory) == QWEN3_MODEL_TYPE:
+        from omni.qwen3.loading import load_qwen3_model
+
+        return load_qwen3_model(directory, dtype, torch.device(device), audio_output, quantize, offload)
     config = load_config(directory)
     weights = weight_files(directory)
     speakers = load_speakers(directory)
@@ -103,6 +118,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, config)
     torch_device = torch.device(device)
     quant_source = _quantization(quantize, directory)
+    offload_mode = parse_mode(offload)
 
     with torch.device("meta"):
         try:
@@ -118,10 +134,12 @@ def load_model(
         model.talker.to(torch_dtype)
         model.token2wav.to(torch.float32)  # the codec runs in fp32 whatever the LLMs use
     quantized = QuantizedLinears.install(model, quant_source, torch_dtype, torch_device) if quant_source else None
-    model.to_empty(device=torch_device)
+    host_paths = host_module_paths(offload_mode, with_audio) if torch_device.type != "cpu" else ()
+    _materialize(model, torch_device, {id(model.get_submodule(path)) for path in host_paths})
     model.reset_buffers()
     _fill_strict(model, weights, config, with_audio, quantized)
     model.eval().requires_grad_(False)
+    offloaded = install_offload(model, offload_mode, torch_device, with_audio)
 
     tokenizer = Tokenizer.from_checkpoint(directory)
     generation = load_generation_defaults(directory, fallback_eos=(tokenizer.token_id("<|im_end|>"),))
@@ -135,7 +153,34 @@ def load_model(
         dtype=torch_dtype,
         device=torch_device,
         quantization=quantized.describe() if quantized else None,
+        offload=offloaded,
     )
+
+
+QWEN3_MODEL_TYPE = "qwen3_omni_moe"
+
+
+def model_type(directory: Path) -> str | None:
+    """config.json's model_type (which family's loader reads the checkpoint), or None."""
+    path = directory / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # the family's own loader reports the problem
+    return raw.get("model_type") if isinstance(raw, dict) else None
+
+
+def _materialize(module: torch.nn.Module, device: torch.device, on_host: set[int]) -> None:
+    """Allocate the meta-device tree, empty: the modules in `on_host` (ids) in host memory, the rest
+    on `device` (an offloaded stage never touches the device while loading)."""
+    if id(module) in on_host:
+        module.to_empty(device="cpu")
+    elif not any(id(m) in on_host for m in module.modules()):
+        module.to_empty(device=device)
+    else:
+        module.to_empty(device=device, recurse=False)
+        for child in module.children():
+            _materialize(child, device, on_host)
 
 
 def _quantization(quantize, directory: Path):
@@ -156,6 +201,13 @@ def _decide_audio_output(
         problems.append("its weights hold no talker/token2wav tensors")
     if speakers is None:
         problems.append(f"{directory / 'spk_dict.pt'} (the voices) is missing")
+    return audio_output_decision(requested, directory, problems, config.enable_audio_output)
+
+
+def audio_output_decision(requested: bool | None, directory: Path, problems: list[str], enabled: bool) -> bool:
+    """Whether to load the speech stages: never when `requested` is False; when it is True, fail
+    naming the `problems` (what the checkpoint lacks) if there are any; when None, speak if the
+    checkpoint can and its config enables audio output, and warn if it cannot."""
     if requested is False:
         return False
     if problems:
@@ -166,7 +218,7 @@ def _decide_audio_output(
             )
         log.warning("audio output disabled for %s: %s", directory, "; ".join(problems))
         return False
-    return bool(config.enable_audio_output) or bool(requested)
+    return bool(enabled) or bool(requested)
 
 
 def _fill_strict(model: OmniModel, weights: WeightFiles, config: OmniConfig, with_audio: bool,

@@ -28,7 +28,7 @@ from omni.events import AudioChunk, ReplyDone, TextDelta, Timings, Usage
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel
 from omni.sampling import SamplingParams
-from omni.speech import SpeechOptions, SpeechStages, TalkerContext, resolve_voice
+from omni.speech import CODEC_TOKENS_PER_TEXT_TOKEN, SpeechOptions, TalkerContext, resolve_voice, speech_stages
 from omni.stop import StopText
 from omni.thinker.generate import ThinkerPrompt, ThinkerStep, stream_thinker
 
@@ -89,10 +89,10 @@ class ReplyRun:
         self.speech: SpeechStages | None = None
         if options.speech is not None:
             voice = resolve_voice(loaded, options.speech.voice)
-            self.speech = SpeechStages(loaded, options.speech, talker_history, self.clock, self.start, voice)
+            self.speech = speech_stages(loaded, options.speech, talker_history, self.clock, self.start, voice)
         elif loaded.audio_output:
             # text only: the Talker never runs, but the turn is remembered for a later spoken one
-            self.speech = SpeechStages(loaded, SpeechOptions(), talker_history, self.clock, self.start, voice=None)
+            self.speech = speech_stages(loaded, SpeechOptions(), talker_history, self.clock, self.start, voice=None)
         self.first_text_at: float | None = None
         self.detokenizer = loaded.tokenizer.detokenizer()
         self.stop_ids = set(loaded.generation.eos_token_ids)
@@ -207,14 +207,14 @@ class ReplyRun:
         if self.generated_token_ids is None:
             self._settle_text()
         finish_reason = self.finish_reason
-        speech_complete = speech is not None and speech.speaks and _talker_ended(speech.talker)
+        speech_complete = speech is not None and speech.speaks and speech.speech_complete
         if finish_reason == "cancelled" and speech is not None and speech.speaks and speech.progress.chunks_out:
             spoken_codes = speech.spoken_codes
             if self.delivered_samples is not None:
-                spoken_codes = self.delivered_samples // speech.token2wav.samples_per_code
+                spoken_codes = self.delivered_samples // speech.samples_per_code
             if self.delivered_samples != 0:
-                _keep_heard_part(self.loaded, record, spoken_codes, len(speech.talker.codes), speech_complete,
-                                 stop_ids)
+                _keep_heard_part(self.loaded, record, spoken_codes, len(speech.codec_tokens), speech_complete,
+                                 stop_ids, speech.codes_per_text_token)
                 record.heard_codes = spoken_codes
         record.speech_complete = speech_complete
         record.finish_reason = finish_reason
@@ -224,7 +224,7 @@ class ReplyRun:
         counted = self.generated_token_ids if stopped else record.sampled_token_ids
         text_tokens = len([t for t in counted if t not in stop_ids])
         if speech is not None:
-            record.codec_codes = list(speech.talker.codes)
+            record.codec_codes = list(speech.codec_tokens)
             record.talker_context = speech.context_after(len(record.fed_token_ids))
             speech = speech if speech.speaks else None
         audio_s = speech.progress.samples_out / speech.sample_rate_hz if speech is not None else 0.0
@@ -293,22 +293,18 @@ def run_reply(
     yield run.done()
 
 
-# Codec tokens (50 per second of speech) spoken per text token. Not yet measured on Qwen2.5-Omni's
-# own replies (no real checkpoint was at hand): measured on espeak-ng reading assistant-style English
-# replies at 150-170 words/min and counted with Qwen's tokenizer, 13-19 per sentence, 14.2 at 170
-# wpm and 16.4 at 150 wpm. `python bench/realtime.py --measure-ratio --model DIR` measures it on a
-# real checkpoint's finished spoken replies (codec_tokens / text_tokens); put that number here.
-CODEC_TOKENS_PER_TEXT_TOKEN = 15.0
 
 
-def text_tokens_heard(heard_codes: int, text_tokens: int, codec_tokens: int, speech_complete: bool) -> int:
+def text_tokens_heard(heard_codes: int, text_tokens: int, codec_tokens: int, speech_complete: bool,
+                      codes_per_text_token: float = CODEC_TOKENS_PER_TEXT_TOKEN) -> int:
     """How many of a spoken reply's `text_tokens` a listener heard in its first `heard_codes` codec
     tokens (its first heard_codes x 20 ms of audio), for a barge-in or a client's truncation.
 
     The rule: when the Talker ended the utterance itself (`speech_complete`: its `codec_tokens` say
     all `text_tokens`), the text is cut in proportion to the time heard, ceil(text_tokens x
     heard_codes / codec_tokens). Otherwise the reply's length in speech is unknown and the time heard
-    is divided by the measured rate, ceil(heard_codes / CODEC_TOKENS_PER_TEXT_TOKEN); either way never
+    is divided by the measured rate, ceil(heard_codes / codes_per_text_token) (Qwen2.5-Omni's codes are
+    20 ms, CODEC_TOKENS_PER_TEXT_TOKEN; Qwen3-Omni's frames 80 ms, omni.qwen3.speech); either way never
     more than `heard_codes` (the Talker reads one text token per codec token, so it cannot have said
     a token it had not read) nor more than `text_tokens`. Rounding up keeps a token the listener heard
     the start of.
@@ -323,22 +319,17 @@ def text_tokens_heard(heard_codes: int, text_tokens: int, codec_tokens: int, spe
     if speech_complete and codec_tokens > 0:
         estimate = math.ceil(text_tokens * min(heard_codes, codec_tokens) / codec_tokens)
     else:
-        estimate = math.ceil(heard_codes / CODEC_TOKENS_PER_TEXT_TOKEN)
+        estimate = math.ceil(heard_codes / codes_per_text_token)
     return min(text_tokens, heard_codes, estimate)
 
 
-def _talker_ended(talker) -> bool:
-    """The Talker stopped by itself (a stop code after the whole text), not by a cancel or close."""
-    state = talker.state
-    return state is not None and state.text_finished and state.last_code in talker.stop_codes
-
-
 def _keep_heard_part(loaded: LoadedModel, record: ReplyRecord, heard_codes: int, codec_tokens: int,
-                     speech_complete: bool, stop_ids: set[int]) -> None:
+                     speech_complete: bool, stop_ids: set[int],
+                     codes_per_text_token: float = CODEC_TOKENS_PER_TEXT_TOKEN) -> None:
     """After a barge-in, keep the reply only as far as it was heard (`text_tokens_heard`, at least
     one token); the conversation continues from there (text, Thinker cache and Talker history alike)."""
     reply = [t for t in record.sampled_token_ids if t not in stop_ids]
-    keep = max(1, text_tokens_heard(heard_codes, len(reply), codec_tokens, speech_complete))
+    keep = max(1, text_tokens_heard(heard_codes, len(reply), codec_tokens, speech_complete, codes_per_text_token))
     keep = min(len(reply), keep)
     record.sampled_token_ids = reply[:keep]
     record.fed_token_ids = reply[: keep - 1]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from omni.chat import render_chat
 from omni.config import ThinkerConfig
 from omni.errors import InputError, MediaError
 from omni.rope_index import chunk_bounds, rope_index
-from omni.thinker.generate import ThinkerPrompt, left_pad
+from omni.thinker.generate import Deepstack, ThinkerPrompt, left_pad
 from omni.thinker.model import Thinker
 from omni.tokenizer import Tokenizer
 
@@ -73,6 +73,55 @@ class MediaEmbeddings:
     image: torch.Tensor | None = None  # (image tokens, hidden)
     video: torch.Tensor | None = None
     audio: torch.Tensor | None = None
+    # Qwen3-Omni: per deepstack layer, the vision tower's extra features of the same tokens
+    image_deepstack: list[torch.Tensor] | None = None
+    video_deepstack: list[torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class MediaRules:
+    """What differs between model families on the way from media to prompt tokens: the patch geometry,
+    the audio front end and its token count, the pixel layout, how a video's audio track interleaves with
+    its frames, and the 3-D positions. Everything else in this module is shared."""
+
+    geometry: PatchGeometry
+    audio_tokens: Callable[[int], int]  # log-mel frames -> Thinker tokens
+    extract_audio: Callable[[list], AudioFeatures]  # the waveforms of one prompt batch -> features
+    process_images: Callable[[list, PatchGeometry], VisionBatch]
+    process_videos: Callable[[list, PatchGeometry], VisionBatch]
+    # (grid, seconds per temporal patch, audio tokens, geometry, config) -> the block's token ids
+    interleave: Callable[..., list[int]]
+    # (input_ids, config, media, token_mask, geometry) -> (position_ids (3, B, S), next_position (B,))
+    positions: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def media_rules(config) -> MediaRules:
+    """The rules of the family a Thinker config belongs to."""
+    if getattr(config, "family", None) == "qwen3_omni_moe":
+        from omni.qwen3.prompt_rules import qwen3_media_rules
+
+        return qwen3_media_rules(config)
+    return MediaRules(
+        geometry=PatchGeometry.from_config(config.vision),
+        audio_tokens=audio_token_count,
+        extract_audio=extract_features,
+        process_images=process_images,
+        process_videos=process_videos,
+        interleave=_interleave,
+        positions=_qwen2_5_positions,
+    )
+
+
+def _qwen2_5_positions(input_ids, config: ThinkerConfig, media: MediaInputs, token_mask, geometry: PatchGeometry):
+    return rope_index(
+        input_ids, config.token_ids,
+        image_grid_thw=media.images.grid_thw if media.images is not None else None,
+        video_grid_thw=media.videos.grid_thw if media.videos is not None else None,
+        video_second_per_grid=media.video_second_per_grid,
+        audio_feature_lens=media.audio.feature_lens if media.audio is not None else None,
+        token_mask=token_mask, spatial_merge_size=geometry.merge_size,
+        position_id_per_seconds=config.position_id_per_seconds, seconds_per_chunk=config.seconds_per_chunk,
+    )
 
 
 def build_prompt(loaded, conversations: Any, **options: Any) -> ThinkerPrompt:
@@ -109,7 +158,7 @@ def prepare_prompt(
     (e.g. the "<|im_end|>\\n" that closes the previous reply); positions start at `start_position` (per
     row). `media_items` (per conversation, from `load_media`) skips the loading when the caller has done
     it (to time or overlap it)."""
-    geometry = PatchGeometry.from_config(config.vision)
+    rules = media_rules(config)
     batch = as_conversations(conversations)
     # rendering validates the messages: a malformed one fails before any media is read
     histories = _histories(history, len(batch)) if continuation else [None] * len(batch)
@@ -119,20 +168,12 @@ def prepare_prompt(
     items = media_items if media_items is not None else load_media(batch, config, use_audio_in_video, limits)
     if len(items) != len(batch):
         raise InputError(f"media_items holds {len(items)} conversations' media for {len(batch)} conversations")
-    media = preprocess_media(items, geometry)
+    media = preprocess_media(items, rules)
     audio_lens = media.audio.feature_lens.tolist() if media.audio is not None else []
-    expanded = _expand_rows(rows, items, media, audio_lens, config, geometry)
+    expanded = _expand_rows(rows, items, media, audio_lens, config, rules)
     input_ids, mask = left_pad(expanded, pad_token_id)
     ids = config.token_ids
-    positions, next_position = rope_index(
-        input_ids, ids,
-        image_grid_thw=media.images.grid_thw if media.images is not None else None,
-        video_grid_thw=media.videos.grid_thw if media.videos is not None else None,
-        video_second_per_grid=media.video_second_per_grid,
-        audio_feature_lens=media.audio.feature_lens if media.audio is not None else None,
-        token_mask=mask, spatial_merge_size=geometry.merge_size,
-        position_id_per_seconds=config.position_id_per_seconds, seconds_per_chunk=config.seconds_per_chunk,
-    )
+    positions, next_position = rules.positions(input_ids, config, media, mask, rules.geometry)
     start = torch.as_tensor(start_position, dtype=torch.long).expand(len(batch))
     positions = torch.where(mask.unsqueeze(0), positions + start.view(1, -1, 1), positions)
     multimodal = torch.isin(input_ids, torch.tensor([ids.image, ids.video, ids.audio])) & mask
@@ -146,14 +187,15 @@ def load_media(conversations: Any, config: ThinkerConfig, use_audio_in_video: bo
                limits: MediaLimits | None = None) -> list[list[MediaItem]]:
     """Decode and fit every media item of each conversation (I/O and resizing; no model), within one
     decoding deadline (MediaLimits.max_decode_seconds) for them all."""
-    geometry = PatchGeometry.from_config(config.vision)
+    geometry = media_rules(config).geometry
     limits = limits or MediaLimits()
     deadline = DecodeDeadline.start(limits)
     return [load_conversation_media(conversation, use_audio_in_video, limits, geometry, deadline)
             for conversation in as_conversations(conversations)]
 
 
-def preprocess_media(items: list[list[MediaItem]], geometry: PatchGeometry) -> MediaInputs:
+def preprocess_media(items: list[list[MediaItem]], rules: MediaRules) -> MediaInputs:
+    geometry = rules.geometry
     flat = [item for row in items for item in row]
     images = [item.frames for item in flat if item.kind == "image"]
     videos = [item for item in flat if item.kind == "video"]
@@ -162,18 +204,18 @@ def preprocess_media(items: list[list[MediaItem]], geometry: PatchGeometry) -> M
         waveform = item.waveform if item.kind == "audio" else item.video_audio
         if waveform is None:
             continue
-        if audio_token_count(feature_frames(waveform.shape[0])) < 1:
+        if rules.audio_tokens(feature_frames(waveform.shape[0])) < 1:
             raise MediaError(f"audio {item.name!r} is {waveform.shape[0]} samples long; at least 321 samples "
                              "(20 ms at 16 kHz) are needed for one audio token")
         waveforms.append(waveform)
     return MediaInputs(
-        images=process_images(images, geometry) if images else None,
-        videos=process_videos([item.frames for item in videos], geometry) if videos else None,
+        images=rules.process_images(images, geometry) if images else None,
+        videos=rules.process_videos([item.frames for item in videos], geometry) if videos else None,
         # the processor's value: a temporal patch spans temporal_patch_size sampled frames
         video_second_per_grid=torch.tensor(
             [geometry.temporal_patch_size / item.sample_fps for item in videos], dtype=torch.float32
         ) if videos else None,
-        audio=extract_features(waveforms) if waveforms else None,
+        audio=rules.extract_audio(waveforms) if waveforms else None,
     )
 
 
@@ -183,14 +225,23 @@ def encode_media(thinker: Thinker, media: MediaInputs) -> MediaEmbeddings:
     device, dtype = thinker.device, thinker.visual.patch_embed.proj.weight.dtype
     out = MediaEmbeddings()
     if media.images is not None:
-        out.image = thinker.visual(media.images.pixel_values.to(device, dtype), media.images.grid_thw)
+        out.image, out.image_deepstack = _vision(thinker.visual(media.images.pixel_values.to(device, dtype),
+                                                                media.images.grid_thw))
     if media.videos is not None:
-        out.video = thinker.visual(media.videos.pixel_values.to(device, dtype), media.videos.grid_thw)
+        out.video, out.video_deepstack = _vision(thinker.visual(media.videos.pixel_values.to(device, dtype),
+                                                                media.videos.grid_thw))
     if media.audio is not None:
-        audio_dtype = thinker.audio_tower.conv1.weight.dtype
+        audio_dtype = next(thinker.audio_tower.parameters()).dtype
         out.audio = thinker.audio_tower(media.audio.input_features.to(device, audio_dtype),
                                         media.audio.feature_lens.to(device))
     return out
+
+
+def _vision(output) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """(merged features, deepstack features or None): Qwen3-Omni's tower returns both."""
+    if isinstance(output, tuple):
+        return output[0], list(output[1]) or None
+    return output, None
 
 
 @torch.inference_mode()
@@ -216,7 +267,35 @@ def merge_prompt(thinker: Thinker, prepared: PreparedPrompt, embeddings: MediaEm
         input_ids=prepared.input_ids, position_ids=prepared.position_ids, next_position=prepared.next_position,
         inputs_embeds=embeds, token_mask=prepared.token_mask,
         multimodal_mask=prepared.multimodal_mask if has_media else None,
+        deepstack=_deepstack(input_ids, prepared.token_mask, ids, embeddings),
+        image_grid_thw=prepared.media.images.grid_thw if prepared.media.images is not None else None,
+        video_grid_thw=prepared.media.videos.grid_thw if prepared.media.videos is not None else None,
+        video_second_per_grid=prepared.media.video_second_per_grid,
     )
+
+
+def _deepstack(input_ids: torch.Tensor, token_mask: torch.Tensor | None, ids, embeddings: MediaEmbeddings
+               ) -> Deepstack | None:
+    """Qwen3-Omni's deepstack features in the prompt's row-major order of image and video positions
+    (the reference scatters image and video features into one joint tensor the same way)."""
+    if embeddings.image_deepstack is None and embeddings.video_deepstack is None:
+        return None
+    image_slots, video_slots = input_ids == ids.image, input_ids == ids.video
+    if token_mask is not None:
+        mask = token_mask.to(input_ids.device)
+        image_slots, video_slots = image_slots & mask, video_slots & mask
+    visual = image_slots | video_slots
+    layers = len(embeddings.image_deepstack or embeddings.video_deepstack)
+    features = []
+    for layer in range(layers):
+        reference = (embeddings.image_deepstack or embeddings.video_deepstack)[layer]
+        joint = reference.new_zeros(int(visual.sum()), reference.shape[-1])
+        if embeddings.image_deepstack is not None:
+            joint[image_slots[visual]] = embeddings.image_deepstack[layer]
+        if embeddings.video_deepstack is not None:
+            joint[video_slots[visual]] = embeddings.video_deepstack[layer]
+        features.append(joint)
+    return Deepstack(visual_mask=visual.cpu(), features=features)
 
 
 @dataclass(frozen=True)
@@ -234,13 +313,14 @@ def media_spans(prepared: PreparedPrompt, config: ThinkerConfig) -> list[MediaSp
     if prepared.input_ids.shape[0] != 1:
         raise InputError("media_spans takes a one-conversation prompt")
     ids = config.token_ids
-    geometry = PatchGeometry.from_config(config.vision)
+    rules = media_rules(config)
+    geometry = rules.geometry
     items = prepared.items[0]
     media = prepared.media
     image_counts = iter(media.images.token_counts(geometry.merge_size) if media.images is not None else [])
     video_counts = iter([t * h * w // geometry.merge_size**2 for t, h, w in media.videos.grid_thw.tolist()]
                         if media.videos is not None else [])
-    audio_counts = iter([audio_token_count(n) for n in media.audio.feature_lens.tolist()]
+    audio_counts = iter([rules.audio_tokens(n) for n in media.audio.feature_lens.tolist()]
                         if media.audio is not None else [])
     queues: dict[int, deque] = {ids.image: deque(), ids.video: deque(), ids.audio: deque()}
     for index, item in enumerate(items):
@@ -294,8 +374,7 @@ def suffix_prompt(thinker: Thinker, prepared: PreparedPrompt, start: int, spans:
         raise InputError(f"token {start} lies inside a media item")
     items = prepared.items[0]
     kept = [items[span.item] for span in spans if span.start >= start]
-    geometry = PatchGeometry.from_config(thinker.config.vision)
-    media = preprocess_media([kept], geometry) if kept else MediaInputs()
+    media = preprocess_media([kept], media_rules(thinker.config)) if kept else MediaInputs()
     part = PreparedPrompt(
         input_ids=prepared.input_ids[:, start:], token_mask=None, position_ids=prepared.position_ids[:, :, start:],
         next_position=prepared.next_position, multimodal_mask=prepared.multimodal_mask[:, start:], media=media,
@@ -333,10 +412,11 @@ def _histories(history, rows: int) -> list[list[Mapping[str, Any]]]:
     return histories
 
 
-def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerConfig, geometry: PatchGeometry):
+def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerConfig, rules: MediaRules):
     """Replace each placeholder token by its run of tokens (the items' order within a row is the
     placeholders' order, as both follow the content items)."""
     ids = config.token_ids
+    geometry = rules.geometry
     merge_unit = geometry.merge_size**2
     image_tokens = media.images.token_counts(geometry.merge_size) if media.images is not None else []
     video_grids = media.videos.grid_thw.tolist() if media.videos is not None else []
@@ -357,7 +437,7 @@ def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerCon
                 out.extend([ids.image] * image_tokens[image_at])
                 image_at += 1
             elif token == ids.audio:
-                out.extend([ids.audio] * audio_token_count(audio_lens[audio_at]))
+                out.extend([ids.audio] * rules.audio_tokens(audio_lens[audio_at]))
                 audio_at += 1
             elif token == ids.video:
                 grid = video_grids[video_at]
@@ -368,8 +448,8 @@ def _expand_rows(rows, items, media: MediaInputs, audio_lens, config: ThinkerCon
                 else:
                     # float64 seconds, as the processor holds them (the rope index uses float32)
                     seconds = geometry.temporal_patch_size / video.sample_fps
-                    audio_tokens = audio_token_count(audio_lens[audio_at])
-                    out.extend(_interleave(grid, seconds, audio_tokens, geometry, config))
+                    audio_tokens = rules.audio_tokens(audio_lens[audio_at])
+                    out.extend(rules.interleave(grid, seconds, audio_tokens, geometry, config))
                     audio_at += 1
                 video_at += 1
             else:

@@ -1,8 +1,10 @@
-"""Multimodal rotary position embedding (M-RoPE) for Qwen2.5 decoders.
+"""Multimodal rotary position embedding (M-RoPE) for Qwen2.5 and Qwen3 decoders.
 
-Positions are 3-D (time, height, width). The rotary frequencies of one head are split into three
-sections (`mrope_section`, e.g. 16/24/24 of 64 frequency pairs); section i rotates by position
-component i. For text all three components are equal and this is ordinary 1-D RoPE.
+Positions are 3-D (time, height, width). Each rotary frequency of a head is driven by one position
+component. Qwen2.5 assigns them in three blocks (`mrope_section`, e.g. 16/24/24 of 64 frequency
+pairs: section i rotates by component i); Qwen3 interleaves them (T, H, W, T, H, W, ..., then T for
+the rest: `interleaved_section_index`). Both are only a different component-of-frequency index fed
+to `mrope_cos_sin`. For text all three components are equal and this is ordinary 1-D RoPE.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ def inverse_frequencies(head_dim: int, theta: float, device: torch.device | str 
 def section_index(mrope_section: tuple[int, int, int], device: torch.device | str | None = None) -> torch.Tensor:
     """For each of the head_dim/2 frequencies, which position component (0 t, 1 h, 2 w) drives it."""
     return torch.cat([torch.full((size,), i % 3, dtype=torch.long) for i, size in enumerate(mrope_section)]).to(device)
+
+
+def interleaved_section_index(mrope_section: tuple[int, int, int],
+                              device: torch.device | str | None = None) -> torch.Tensor:
+    """Qwen3's interleaved M-RoPE (transformers' `apply_interleaved_mrope`): frequency j is driven by
+    height when j % 3 == 1 and j < 3 * section[1], by width when j % 3 == 2 and j < 3 * section[2],
+    else by time. Spreading the axes over the whole spectrum gives each axis high and low frequencies."""
+    frequencies = torch.arange(sum(mrope_section))
+    component = torch.zeros_like(frequencies)
+    component[(frequencies % 3 == 1) & (frequencies < 3 * mrope_section[1])] = 1
+    component[(frequencies % 3 == 2) & (frequencies < 3 * mrope_section[2])] = 2
+    return component.to(device)
 
 
 def mrope_cos_sin(

@@ -8,6 +8,7 @@ time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -26,10 +27,11 @@ from omni.errors import ContextLengthError, InputError
 from omni.events import AudioChunk, Event, ReplyDone
 from omni.kv_cache import KVCache
 from omni.loading import LoadedModel, load_model
+from omni.memory_stats import StagePeaks, probe_for
 from omni.pipeline import ReplyOptions, ReplyRecord, run_reply, text_tokens_heard
 from omni.reply_stream import OpenReply, ReplyStream
 from omni.sampling import SamplingParams
-from omni.speech import SpeechOptions, TalkerContext, resolve_voice
+from omni.speech import SpeechOptions, TalkerContext, codec_timing, resolve_voice
 from omni.stop import stop_strings
 from omni.engine import Engine, PrefixCache, engine_for
 from omni.prompt import (
@@ -151,10 +153,14 @@ class OmniSession:
         dtype: str | torch.dtype = "auto",
         audio_output: bool | None = None,
         quantize: str | None = None,
+        offload: str | None = None,
         **session_options: Any,
     ) -> OmniSession:
-        """`quantize`: None, "int8" or "int4[:GROUP]" (the Thinker's decoder linears, see omni.quant)."""
-        return cls(load_model(path_or_hub_id, dtype=dtype, device=device, audio_output=audio_output, quantize=quantize),
+        """`quantize`: None, "int8" or "int4[:GROUP]" (the Thinker's decoder linears, see omni.quant).
+        `offload`: None, "encoders", "talker" or "all" (stages kept in host memory while idle, see
+        omni.offload)."""
+        return cls(load_model(path_or_hub_id, dtype=dtype, device=device, audio_output=audio_output, quantize=quantize,
+                              offload=offload),
                    **session_options)
 
     # ------------------------------------------------------------------------------------------
@@ -247,20 +253,25 @@ class OmniSession:
             self._active_cancel = cancel
         try:
             clock: dict[str, float] = {}
+            memory = StagePeaks()
             # reads `self.state`: a reset() meanwhile only swaps in a fresh one and cancels this reply
             # before its first step, and the turn is dropped, so a prompt made from either is harmless
-            start_turn = functools.partial(self._start_turn, new_messages, clock, state, options.max_new_tokens)
+            start_turn = functools.partial(self._start_turn, new_messages, clock, state, options.max_new_tokens,
+                                           memory)
             record = ReplyRecord()
             engine = self.engine
             if engine is None:
                 turn = start_turn()
-                events = run_reply(self.model, turn.prompt, options, turn.cache, cancel, record, started_at=started,
-                                   stage_s=clock, talker_history=turn.talker_history)
+                events = _unbatched_events(
+                    self.model, memory, options.speech is not None,
+                    run_reply(self.model, turn.prompt, options, turn.cache, cancel, record, started_at=started,
+                              stage_s=clock, talker_history=turn.talker_history))
             else:
                 turn = engine.prepare(start_turn)  # media and encoders in the engine's worker pool
                 events = engine.submit(turn.prompt, options, turn.cache, cancel, record, started_at=started,
                                        stage_s=clock, talker_history=turn.talker_history,
-                                       observed_ids=turn.observed_ids, cached_prompt_tokens=len(turn.prefix_ids))
+                                       observed_ids=turn.observed_ids, cached_prompt_tokens=len(turn.prefix_ids),
+                                       memory=memory)
         except BaseException:
             with self._guard:
                 self._active_cancel = None
@@ -320,18 +331,26 @@ class OmniSession:
             return engine_for(self.model)
         return choice or None
 
-    def _start_turn(self, new_messages, clock: dict[str, float], state: ConversationState, max_new_tokens: int
-                    ) -> TurnInput:
+    def _start_turn(self, new_messages, clock: dict[str, float], state: ConversationState, max_new_tokens: int,
+                    memory: StagePeaks | None = None) -> TurnInput:
         """The new turn's prompt and the cache it continues (media read and encoders run here)."""
         engine = self.engine
         if self.reuse_prefix and state.cache is None and engine is not None and engine.prefix_cache.enabled:
-            return self._start_from_prefix(new_messages, clock, state, max_new_tokens, engine.prefix_cache)
-        prompt, prompt_ids = self._next_prompt(new_messages, clock)
+            return self._start_from_prefix(new_messages, clock, state, max_new_tokens, engine.prefix_cache, memory)
+        if memory is None:
+            prompt, prompt_ids = self._next_prompt(new_messages, clock)
+        else:
+            # measured with the media's reading (host memory it needs too); kept only when there were media
+            encoders = StagePeaks()
+            with probe_for(self.model.device).measure_stage("encoders", encoders):
+                prompt, prompt_ids = self._next_prompt(new_messages, clock)
+            if prompt.multimodal_mask is not None:
+                memory.merge(encoders)
         cache = self._cache_for(len(prompt_ids) + max_new_tokens, state)
         return TurnInput(prompt, prompt_ids, cache, cache.length, state.talker_context)
 
     def _start_from_prefix(self, new_messages, clock, state: ConversationState, max_new_tokens: int,
-                           prefix_cache: PrefixCache) -> TurnInput:
+                           prefix_cache: PrefixCache, memory: StagePeaks | None = None) -> TurnInput:
         """A first turn that may carry a whole earlier conversation: reuse the longest prefix the
         prefix cache holds, and prefill and encode only what follows it."""
         loaded = self.model
@@ -353,7 +372,7 @@ class OmniSession:
             state.cache = hit.entry.cache.copy_prefix(reused, max(MIN_CACHE_TOKENS, len(ids) + max_new_tokens))
             talker_history = hit.entry.talker_prefix(reused)
         else:
-            prompt = merge_prompt(thinker, prepared, encode_media(thinker, prepared.media))
+            prompt = merge_prompt(thinker, prepared, self._encode(prepared.media, memory))
             self._cache_for(len(ids) + max_new_tokens, state)
             talker_history = None
         clock["media"] = media_done - timer
@@ -397,6 +416,13 @@ class OmniSession:
             clock["media"] = media_done - timer
             clock["encoders"] = time.perf_counter() - media_done
         return prompt, prepared.input_ids[0].tolist()
+
+    def _encode(self, media, memory: StagePeaks | None):
+        """The encoders over the prompt's media (their peak memory measured when there are any)."""
+        if memory is None or (media.images is None and media.videos is None and media.audio is None):
+            return encode_media(self.model.model.thinker, media)
+        with probe_for(self.model.device).measure_stage("encoders", memory):
+            return encode_media(self.model.model.thinker, media)
 
     def _cache_for(self, new_tokens: int, state: ConversationState) -> KVCache:
         needed = (state.cache.length if state.cache is not None else 0) + new_tokens
@@ -463,10 +489,10 @@ class OmniSession:
                 raise InputError("the conversation's last turn is not a spoken reply; only that one can be truncated")
             if not heard_s >= 0:
                 raise InputError(f"heard_s must be a number of seconds >= 0, got {heard_s!r}")
-            token2wav = self.model.model.token2wav
-            heard_codes = int(heard_s * token2wav.sample_rate_hz) // token2wav.samples_per_code
+            timing = codec_timing(self.model)
+            heard_codes = int(heard_s * timing.sample_rate_hz) // timing.samples_per_code
             keep = min(spoken.kept_tokens, text_tokens_heard(heard_codes, len(spoken.token_ids), spoken.codec_tokens,
-                                                             spoken.speech_complete))
+                                                             spoken.speech_complete, timing.codes_per_text_token))
             if keep == spoken.kept_tokens:
                 return state.messages[-1]["content"]
             self._cut_reply(state, spoken, keep)
@@ -485,7 +511,7 @@ class OmniSession:
         context = state.talker_context
         if context is not None:
             length = spoken.talker_before + fed
-            state.talker_context = TalkerContext(context.embeds[:, :length].clone(), context.positions[:, :, :length].clone())
+            state.talker_context = context.prefix(length)
         state.messages[-1] = {"role": "assistant", "content": self.model.tokenizer.decode(spoken.token_ids[:keep])}
         spoken.kept_tokens = keep
         self._fit_cache(state.cache)
@@ -515,6 +541,17 @@ class OmniSession:
             # nobody listens to an abandoned reply any more; finish() still ran, so its turn is
             # recorded as far as it got, and the call that settled it goes on as asked
             pass
+
+
+def _unbatched_events(loaded: LoadedModel, memory: StagePeaks, speaks: bool, events):
+    """A reply run without the engine: with speech, it holds an offloaded Talker and codec on the
+    device from its first step to its end (omni.offload); its ReplyDone carries the encoders' peak
+    memory (the other stages run inside `run_reply`, unmeasured)."""
+    offload = loaded.offload
+    hold = offload.held("speech") if speaks and offload is not None else contextlib.nullcontext()
+    with hold:
+        for event in events:
+            yield memory.stamp(event) if isinstance(event, ReplyDone) else event
 
 
 def _as_messages(message: Any) -> list[dict[str, Any]]:

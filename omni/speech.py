@@ -28,6 +28,13 @@ from omni.talker.token2wav import select_voice
 
 DEFAULT_VOICE = "Chelsie"  # the reference generate()'s default speaker
 
+# Codec tokens (50 per second of speech) spoken per text token. Not yet measured on Qwen2.5-Omni's
+# own replies (no real checkpoint was at hand): measured on espeak-ng reading assistant-style English
+# replies at 150-170 words/min and counted with Qwen's tokenizer, 13-19 per sentence, 14.2 at 170
+# wpm and 16.4 at 150 wpm. `python bench/realtime.py --measure-ratio --model DIR` measures it on a
+# real checkpoint's finished spoken replies (codec_tokens / text_tokens); put that number here.
+CODEC_TOKENS_PER_TEXT_TOKEN = 15.0
+
 
 @dataclass(frozen=True)
 class SpeechOptions:
@@ -56,8 +63,45 @@ class TalkerContext:
     def length(self) -> int:
         return self.embeds.shape[1]
 
+    def prefix(self, length: int) -> TalkerContext:
+        """The first `length` tokens, copied (a barge-in or a prefix-cache hit keeps only these)."""
+        return TalkerContext(self.embeds[:, :length].clone(), self.positions[:, :, :length].clone())
+
+
+def speech_stages(loaded: LoadedModel, options: SpeechOptions, history, clock, started_at: float,
+                  voice: str | None):
+    """The speech stages of the loaded model's family (Qwen3-Omni's in omni.qwen3.speech)."""
+    if loaded.family == "qwen3_omni_moe":
+        from omni.qwen3.speech import Qwen3SpeechStages
+
+        return Qwen3SpeechStages(loaded, options, history, clock, started_at, voice)
+    return SpeechStages(loaded, options, history, clock, started_at, voice)
+
+
+@dataclass(frozen=True)
+class CodecTiming:
+    """How long a "code" handed from Talker to codec lasts, per family: Qwen2.5-Omni's codec tokens are
+    20 ms, Qwen3-Omni's frames (16 codes) 80 ms."""
+
+    sample_rate_hz: int
+    samples_per_code: int
+    codes_per_text_token: float
+
+
+def codec_timing(loaded: LoadedModel) -> CodecTiming:
+    if loaded.family == "qwen3_omni_moe":
+        from omni.qwen3.speech import FRAMES_PER_TEXT_TOKEN, SAMPLE_RATE_HZ
+
+        return CodecTiming(SAMPLE_RATE_HZ, loaded.model.code2wav.samples_per_frame, FRAMES_PER_TEXT_TOKEN)
+    token2wav = loaded.model.token2wav
+    return CodecTiming(token2wav.sample_rate_hz, token2wav.samples_per_code, CODEC_TOKENS_PER_TEXT_TOKEN)
+
 
 def resolve_voice(loaded: LoadedModel, voice: str | None) -> str:
+    if loaded.family == "qwen3_omni_moe":
+        from omni.qwen3.speech import resolve_qwen3_voice
+
+        return resolve_qwen3_voice(loaded, voice)
     if not loaded.audio_output:
         raise AudioOutputUnavailable(
             "audio was requested but this model was loaded without speech output (no talker/token2wav "
@@ -80,6 +124,8 @@ class SpeechStages:
     """With `voice=None` the stages only remember the turn for the Talker of a later spoken turn
     (a text-only reply never runs the Talker or the codec)."""
 
+    batched_talker = True  # the engine runs this Talker's steps batched (omni.engine.runner.talker_step)
+
     def __init__(self, loaded: LoadedModel, options: SpeechOptions, history: TalkerContext | None,
                  clock, started_at: float, voice: str | None) -> None:
         model = loaded.model
@@ -93,6 +139,8 @@ class SpeechStages:
         self.voice_entry = select_voice(loaded.speakers, voice) if voice is not None else None
         self.token2wav = model.token2wav
         self.sample_rate_hz = self.token2wav.sample_rate_hz
+        self.samples_per_code = self.token2wav.samples_per_code
+        self.codes_per_text_token = CODEC_TOKENS_PER_TEXT_TOKEN
         self.talker = TalkerStream(model.talker, model.thinker.embed, options.talker,
                                    codec_vocabulary=self.token2wav.dit_config.num_embeds + 1)
         self.codec: StreamingToken2Wav | None = None
@@ -258,6 +306,16 @@ class SpeechStages:
     def spoken_codes(self) -> int:
         """Codec tokens whose audio has been handed out."""
         return self.progress.samples_out // self.token2wav.samples_per_code
+
+    @property
+    def speech_complete(self) -> bool:
+        """The Talker stopped by itself (a stop code after the whole text), not by a cancel or close."""
+        state = self.talker.state
+        return state is not None and state.text_finished and state.last_code in self.talker.stop_codes
+
+    @property
+    def codec_tokens(self) -> list[int]:
+        return self.talker.codes
 
     def close(self) -> None:
         """Free the Talker's cache and the codec's state (after the end or a cancellation)."""

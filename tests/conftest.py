@@ -68,3 +68,20 @@ def run_in_threads(function, arguments: list) -> list:
     if errors:
         raise errors[0]
     return results
+
+
+def build_qwen3_checkpoint(preset: str) -> Path:
+    from omni.tools.qwen3_checkpoint import cached_qwen3_checkpoint
+
+    return cached_qwen3_checkpoint(preset, CACHE)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tiny_checkpoint() -> Path:
+    """A random-weight Qwen3-Omni checkpoint in the published layout (omni.tools.qwen3_checkpoint)."""
+    return build_qwen3_checkpoint("tiny")
+
+
+@pytest.fixture(scope="session")
+def qwen3_small_checkpoint() -> Path:
+    return build_qwen3_checkpoint("small")

@@ -36,6 +36,10 @@ Results do not depend on batching: each reply has its own sampler (its settings,
 tokens), its prefill chunks are a function of its prompt only, and the batch only changes the
 floating-point summation order of the shared matrix products.
 
+Memory: each stage a reply runs is measured (omni.memory_stats: its peak lands in the ReplyDone's
+timings), and with `--offload talker|all` a spoken reply holds the Talker and codec on the device from
+its Talker's start until it ends (omni.offload: counted, so overlapping replies share one copy).
+
 Media decoding and the encoders run off the loop in `prepare` (a small worker pool): a reply
 waiting for its media never holds up the others' steps. All threads the engine starts (the loop,
 the codec workers, the prepare pool) share the one torch thread setting (`threads`).
@@ -60,6 +64,7 @@ from omni.engine.reply import EngineReply, Phase, ReplyEvents
 from omni.engine.runner import prefill_chunk, talker_step, thinker_step
 from omni.errors import InputError
 from omni.kv_cache import KVCache
+from omni.memory_stats import StagePeaks, probe_for
 from omni.pipeline import ReplyOptions, ReplyRecord, ReplyRun
 from omni.sampling import Sampler
 from omni.speech import TalkerContext
@@ -115,7 +120,8 @@ class Engine:
         self.thinker_bytes_per_token = 2 * thinker_text.num_layers * thinker_text.num_kv_heads * thinker_text.head_dim * element
         self.talker_bytes_per_token = 0
         if loaded.model.audio_output:
-            talker = loaded.config.talker.decoder
+            # Qwen2.5-Omni's Talker decoder config is `decoder`, Qwen3-Omni's `text`
+            talker = getattr(loaded.config.talker, "decoder", None) or loaded.config.talker.text
             self.talker_bytes_per_token = 2 * talker.num_layers * talker.num_kv_heads * talker.head_dim * element
         self._cond = threading.Condition()
         self._inbox: list[EngineReply] = []
@@ -128,6 +134,9 @@ class Engine:
         self.peak_batch = 0  # the most replies live at once so far
         # seconds the loop spent per stage (the codec inside "talker" starts and steps is split out)
         self.busy_s = {"prefill": 0.0, "thinker": 0.0, "talker": 0.0, "codec": 0.0, "talker_start": 0.0}
+        # peak memory per stage of each reply (omni.memory_stats); offloaded stages (omni.offload)
+        self.memory = probe_for(loaded.device)
+        self.offload = getattr(loaded, "offload", None)
         self._prepare = concurrent.futures.ThreadPoolExecutor(self.options.prepare_workers,
                                                               thread_name_prefix="omni-prepare")
         codec_workers = self.options.codec_workers or self.options.threads or torch.get_num_threads()
@@ -148,11 +157,12 @@ class Engine:
     def submit(self, loaded_prompt: ThinkerPrompt, options: ReplyOptions, cache: KVCache, cancel: threading.Event,
                record: ReplyRecord, started_at: float | None = None, stage_s: dict[str, float] | None = None,
                talker_history: TalkerContext | None = None, observed_ids: torch.Tensor | None = None,
-               cached_prompt_tokens: int = 0) -> ReplyEvents:
+               cached_prompt_tokens: int = 0, memory: StagePeaks | None = None) -> ReplyEvents:
         """Queue one reply (its prompt continues `cache`); iterate the returned events.
 
         observed_ids: the tokens the repetition penalty has seen (default: the prompt's);
-        cached_prompt_tokens: prompt tokens a prefix-cache hit put in `cache` (counted in usage)."""
+        cached_prompt_tokens: prompt tokens a prefix-cache hit put in `cache` (counted in usage);
+        memory: the reply's peak memory per stage so far (its encoders'), which the engine adds to."""
         run = ReplyRun(self.loaded, loaded_prompt, options, record, started_at, stage_s, talker_history,
                        cached_prompt_tokens)
         thinker = self.loaded.model.thinker
@@ -165,7 +175,7 @@ class Engine:
                                    f"{prompt_tokens} prompt tokens and max_new_tokens={options.max_new_tokens}); the "
                                    f"engine's whole budget is {budget / GIB:.2f} GiB; ask for fewer tokens")
         reply = EngineReply(run, loaded_prompt, cache, cancel, sampler,
-                            observed_ids if observed_ids is not None else loaded_prompt.input_ids, kv_bytes)
+                            observed_ids if observed_ids is not None else loaded_prompt.input_ids, kv_bytes, memory)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the engine has been closed")
@@ -295,7 +305,7 @@ class Engine:
     def _codec_job(self, reply: EngineReply, work):
         def job():
             began = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), self.memory.measure_stage("codec", reply.memory):
                 reply.emit(work())
             self.busy_s["codec"] += time.perf_counter() - began
 
@@ -340,7 +350,8 @@ class Engine:
 
         def read(r: EngineReply) -> None:
             began = time.perf_counter()
-            step = prefill_chunk(thinker, r, self.options.prefill_chunk)
+            with self.memory.measure_stage("thinker_prefill", r.memory):
+                step = prefill_chunk(thinker, r, self.options.prefill_chunk)
             r.run.clock.add("prefill", time.perf_counter() - began)
             self.busy_s["prefill"] += time.perf_counter() - began
             if step is not None:
@@ -357,7 +368,8 @@ class Engine:
             return False
         began = time.perf_counter()
         try:
-            steps = thinker_step(self.loaded.model.thinker, rows)
+            with self.memory.measure_stage("thinker_decode", *(r.memory for r in rows)):
+                steps = thinker_step(self.loaded.model.thinker, rows)
         except Exception as error:
             log.exception("a batched Thinker step failed")
             for reply in rows:
@@ -393,11 +405,21 @@ class Engine:
         rows = [r for r in self._live if r.speech is not None and r.speech.can_step_talker()
                 and len(r.codec_codes) < TALKER_LEAD_CODES
                 and not (r.codec_busy and r.speech.progress.chunks_out == 0)]
+        # Qwen3-Omni's Talker (a frame of 16 codes per step: the Talker, then its code predictor) has no
+        # batched step yet: its replies step one by one here
+        alone = [r for r in rows if not r.speech.batched_talker]
+        rows = [r for r in rows if r.speech.batched_talker]
+        for reply in alone:
+            began = time.perf_counter()
+            with self.memory.measure_stage("talker", reply.memory):
+                self._guarded(reply, self._step_talker_alone)
+            self.busy_s["talker"] += time.perf_counter() - began
         if not rows:
-            return started
+            return started or bool(alone)
         began = time.perf_counter()
         try:
-            codes = talker_step(model.talker, [r.speech.talker for r in rows])
+            with self.memory.measure_stage("talker", *(r.memory for r in rows)):
+                codes = talker_step(model.talker, [r.speech.talker for r in rows])
         except Exception as error:
             log.exception("a batched Talker step failed")
             for reply in rows:
@@ -412,8 +434,18 @@ class Engine:
         return True
 
     @staticmethod
-    def _start_talker(reply: EngineReply) -> None:
-        code = reply.speech.start_talker_code()
+    def _step_talker_alone(reply: EngineReply) -> None:
+        code = reply.speech.step_talker()
+        if code is not None:
+            reply.codec_codes.append(code)
+
+    def _start_talker(self, reply: EngineReply) -> None:
+        if self.offload is not None and not reply.holds_speech:
+            # an offloaded Talker and codec stay on the device until this reply ends (see _let_go)
+            self.offload.acquire("speech")
+            reply.holds_speech = True
+        with self.memory.measure_stage("talker", reply.memory):
+            code = reply.speech.start_talker_code()
         if code is not None:
             reply.codec_codes.append(code)
 
@@ -435,6 +467,7 @@ class Engine:
         """The reply is complete (or cancelled): free what it holds, post ReplyDone."""
         self._settle_codec(reply)
         self._release(reply)
+        self._let_go(reply)
         try:
             reply.run.close()
             reply.finish()
@@ -445,11 +478,20 @@ class Engine:
     def _drop(self, reply: EngineReply, error: BaseException) -> None:
         self._settle_codec(reply)
         self._release(reply)
+        self._let_go(reply)
         try:
             reply.run.close()
         finally:
             reply.fail(error)
             self._finished += 1
+
+    def _let_go(self, reply: EngineReply) -> None:
+        """The reply's hold on an offloaded Talker and codec ends (its codec job has settled, and
+        closing its streams touches no weight): the last reply to let go sends them back to host
+        memory."""
+        if reply.holds_speech:
+            reply.holds_speech = False
+            self.offload.release("speech")
 
     @staticmethod
     def _settle_codec(reply: EngineReply) -> None:

@@ -31,14 +31,14 @@ from omni.kv_cache import KVCache
 class PrefixEntry:
     key: np.ndarray  # int64 token keys of the cached conversation
     cache: KVCache  # exactly len(key) slots
-    talker: object | None  # TalkerContext over the same tokens, or None (a model without speech)
+    talker: object | None  # the Talker's context over the same tokens (omni.speech / omni.qwen3.speech), or None
     nbytes: int
     last_used: float
 
     def talker_prefix(self, length: int):
         if self.talker is None:
             return None
-        return type(self.talker)(self.talker.embeds[:, :length], self.talker.positions[:, :, :length])
+        return self.talker.prefix(length)
 
 
 @dataclass(frozen=True)

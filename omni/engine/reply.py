@@ -19,6 +19,7 @@ import torch
 
 from omni.events import AudioChunk, Event, ReplyDone, TextDelta
 from omni.kv_cache import KVCache
+from omni.memory_stats import StagePeaks
 from omni.pipeline import ReplyRun
 from omni.sampling import Sampler
 from omni.thinker.generate import ThinkerPrompt
@@ -40,11 +41,13 @@ class PrefillCursor:
     embeds: torch.Tensor  # (1, seq, hidden) the whole prompt's input embeddings
     read: int = 0
     hidden: list[torch.Tensor] = field(default_factory=list)
+    layer_hidden: list[torch.Tensor] = field(default_factory=list)  # Qwen3-Omni: the Talker's inner layer
 
 
 class EngineReply:
     def __init__(self, run: ReplyRun, prompt: ThinkerPrompt, cache: KVCache, cancel: threading.Event,
-                 sampler: Sampler, observed_ids: torch.Tensor, kv_bytes: int) -> None:
+                 sampler: Sampler, observed_ids: torch.Tensor, kv_bytes: int, memory: StagePeaks | None = None
+                 ) -> None:
         self.run = run
         self.prompt = prompt
         self.cache = cache
@@ -62,6 +65,8 @@ class EngineReply:
         self.codec_codes: list[int] = []  # codes the Talker produced that the codec has not taken yet
         self.codec_job = None  # the running job (a Future), or None
         self.codec_flushed = False  # the last job (the codec's final chunks) has been submitted
+        self.memory = memory if memory is not None else StagePeaks()  # peak memory per stage (omni.memory_stats)
+        self.holds_speech = False  # it holds an offloaded Talker and codec on the device (omni.offload)
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         # what the caller has received (see ReplyEvents), under `delivery`
         self.delivery = threading.Lock()
@@ -86,7 +91,7 @@ class EngineReply:
 
     def finish(self) -> ReplyDone:
         self.phase = Phase.DONE
-        done = self.run.done()
+        done = self.memory.stamp(self.run.done())
         self.events.put(done)
         return done
 
@@ -120,7 +125,8 @@ class ReplyEvents:
             if isinstance(item, ReplyDone):
                 self._ended = True
                 if self._dropped:
-                    return reply.run.cut_to_delivered(reply.delivered_chars, reply.delivered_samples)
+                    return reply.memory.stamp(reply.run.cut_to_delivered(reply.delivered_chars,
+                                                                         reply.delivered_samples))
                 return item
             with reply.delivery:
                 if reply.cancel.is_set():

@@ -17,7 +17,7 @@ import torch
 
 from omni.engine.reply import EngineReply, PrefillCursor
 from omni.sampling import Sampler
-from omni.thinker.generate import ThinkerStep
+from omni.thinker.generate import ThinkerStep, prefill_arguments, split_layer_hidden
 from omni.thinker.model import Thinker
 
 
@@ -61,16 +61,23 @@ def prefill_chunk(thinker: Thinker, reply: EngineReply, chunk: int) -> ThinkerSt
     total = cursor.embeds.shape[1]
     end = min(total, cursor.read + chunk)
     positions = prompt.position_ids[:, :, cursor.read : end].to(thinker.device)
-    cursor.hidden.append(thinker(cursor.embeds[:, cursor.read : end], positions, cache=reply.cache))
+    deepstack = prompt.deepstack.window(cursor.read, end) if prompt.deepstack is not None else None
+    hidden, layer_hidden = split_layer_hidden(thinker, thinker(
+        cursor.embeds[:, cursor.read : end], positions, cache=reply.cache,
+        **prefill_arguments(thinker, deepstack, thinker.device)))
+    cursor.hidden.append(hidden)
+    if layer_hidden is not None:
+        cursor.layer_hidden.append(layer_hidden)
     cursor.read = end
     if end < total:
         return None
     hidden = torch.cat(cursor.hidden, dim=1) if len(cursor.hidden) > 1 else cursor.hidden[0]
+    layer_hidden = torch.cat(cursor.layer_hidden, dim=1) if cursor.layer_hidden else None
     token = sample_rows([reply.sampler], thinker.logits(hidden[:, -1]))[0]
     reply.prefill = None
     reply.next_token = token
-    reply.next_position = int(prompt.next_position[0])
-    return _step(0, token, cursor.embeds, hidden)
+    reply.next_position = prompt.next_position[0].item()
+    return _step(0, token, cursor.embeds, hidden, layer_hidden)
 
 
 @torch.inference_mode()
@@ -78,7 +85,8 @@ def thinker_step(thinker: Thinker, replies: list[EngineReply]) -> list[ThinkerSt
     """One decode step for every reply in `replies` (each feeds its last sampled token)."""
     device = thinker.device
     tokens = torch.tensor([[r.next_token] for r in replies], dtype=torch.long).to(device)
-    positions = torch.tensor([r.next_position for r in replies], dtype=torch.long).to(device)
+    # long for Qwen2.5-Omni; Qwen3-Omni's positions are float32 (a video's times may be fractional)
+    positions = torch.tensor([r.next_position for r in replies]).to(device)
     embeds = thinker.embed(tokens)
     hidden = thinker(embeds, positions.view(1, -1, 1).expand(3, -1, 1), row_caches=[r.cache for r in replies])
     sampled = sample_rows([r.sampler for r in replies], thinker.logits(hidden[:, -1]))
@@ -90,10 +98,12 @@ def thinker_step(thinker: Thinker, replies: list[EngineReply]) -> list[ThinkerSt
     return steps
 
 
-def _step(index: int, token: int, embeds: torch.Tensor, hidden: torch.Tensor) -> ThinkerStep:
+def _step(index: int, token: int, embeds: torch.Tensor, hidden: torch.Tensor,
+          layer_hidden: torch.Tensor | None = None) -> ThinkerStep:
     token_ids = torch.tensor([token])  # on the host: the reply's logic reads it without a device sync
     return ThinkerStep(index=index, token_ids=token_ids, input_embeds=embeds, hidden=hidden,
-                       finished=torch.zeros(1, dtype=torch.bool), rows=torch.zeros(1, dtype=torch.long))
+                       finished=torch.zeros(1, dtype=torch.bool), rows=torch.zeros(1, dtype=torch.long),
+                       layer_hidden=layer_hidden)
 
 
 @torch.inference_mode()

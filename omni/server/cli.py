@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--quantize", default=None, metavar="MODE",
                         help="int8 or int4 / int4:GROUP: the Thinker's decoder linears, quantized while loading")
+    parser.add_argument("--offload", default=None, choices=["encoders", "talker", "all"],
+                        help="encoders, talker or all: keep the vision/audio towers, the Talker + codec, or both in "
+                             "host memory (pinned) and move them to the device only while they run (no effect on cpu)")
     parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the checkpoint "
                                                                    "directory's name)")
     parser.add_argument("--text-only", action="store_true", help="load without the talker/token2wav (no audio out)")
@@ -220,7 +223,7 @@ def build_server(args: argparse.Namespace):
 
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, audio_output=False if args.text_only else None,
-                        quantize=args.quantize)
+                        quantize=args.quantize, offload=getattr(args, "offload", None))
     from omni.warmup import warm_up
 
     print(f"omni serve: warmed up in {warm_up(loaded):.1f}s", file=sys.stderr)

@@ -19,6 +19,27 @@ from omni.thinker.model import Thinker
 
 
 @dataclass
+class Deepstack:
+    """Qwen3-Omni's DeepStack input: features the Thinker adds at the image/video positions after its
+    first decoder layers (features[i] after layer i), in the mask's row-major order."""
+
+    visual_mask: torch.Tensor  # (batch, seq) bool
+    features: list[torch.Tensor]  # per layer: (visual tokens, hidden)
+
+    def window(self, start: int, end: int) -> Deepstack | None:
+        """The part that falls in prompt columns [start, end) (a chunk of a chunked prefill)."""
+        before = int(self.visual_mask[:, :start].sum())
+        mask = self.visual_mask[:, start:end]
+        count = int(mask.sum())
+        if count == 0:
+            return None
+        return Deepstack(mask, [feature[before : before + count] for feature in self.features])
+
+    def thinker_arguments(self, device: torch.device) -> dict:
+        return {"visual_mask": self.visual_mask.to(device), "deepstack_features": self.features}
+
+
+@dataclass
 class ThinkerPrompt:
     """A prompt ready for the Thinker: token ids, their embeddings (multimodal ones merged in),
     3-D positions and, for a left-padded batch, which tokens are real."""
@@ -31,6 +52,12 @@ class ThinkerPrompt:
     # (batch, seq) bool: positions whose embeddings came from the audio/vision encoders (the Talker
     # sees zeros there, as the reference feeds it); None: a text-only prompt
     multimodal_mask: torch.Tensor | None = None
+    deepstack: Deepstack | None = None  # Qwen3-Omni: vision features for the first decoder layers
+    # the media geometry in prompt order (Qwen3-Omni's Talker places images and videos with it):
+    # image_grid_thw (images, 3), video_grid_thw (videos, 3), video_second_per_grid (videos,)
+    image_grid_thw: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    video_second_per_grid: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -72,6 +99,25 @@ class ThinkerStep:
     hidden: torch.Tensor  # (rows, n, hidden) final-norm hidden states of those tokens
     finished: torch.Tensor  # (batch,) bool: the row has produced a stop token by now
     rows: torch.Tensor  # (rows,) which batch rows input_embeds / hidden belong to (all, until rows finish)
+    # Qwen3-Omni, prefill only: the hidden states of the layer the Talker reads (accept_hidden_layer)
+    layer_hidden: torch.Tensor | None = None
+
+
+def prefill_arguments(thinker, prompt_deepstack: Deepstack | None, device: torch.device) -> dict:
+    """Extra keyword arguments of a prefill forward: Qwen3-Omni's deepstack features, and the inner
+    layer its Talker reads (`talker_reads_layer`, set when the model speaks). None for Qwen2.5-Omni."""
+    arguments = prompt_deepstack.thinker_arguments(device) if prompt_deepstack is not None else {}
+    layer = getattr(thinker, "talker_reads_layer", None)
+    if layer is not None:
+        arguments["hidden_states_of_layer"] = layer
+    return arguments
+
+
+def split_layer_hidden(thinker, output) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(final hidden, the Talker's layer hidden or None) of a prefill forward."""
+    if getattr(thinker, "talker_reads_layer", None) is not None:
+        return output
+    return output, None
 
 
 @torch.inference_mode()
@@ -110,14 +156,16 @@ def stream_thinker(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # batch rows still in the running tensors
 
-    hidden = thinker(embeds, prompt.position_ids.to(device), cache=cache, token_mask=token_mask)
+    hidden, layer_hidden = split_layer_hidden(thinker, thinker(
+        embeds, prompt.position_ids.to(device), cache=cache, token_mask=token_mask,
+        **prefill_arguments(thinker, prompt.deepstack, device)))
     for index in range(max_new_tokens):
         sampled = sampler(thinker.logits(hidden[:, -1]))
         sampled = torch.where(finished[rows], torch.full_like(sampled, pad_token_id), sampled)
         token_ids = torch.full((batch,), pad_token_id, dtype=torch.long, device=device)
         token_ids[rows] = sampled
         finished = finished | torch.isin(token_ids, stop_ids)
-        yield ThinkerStep(index, token_ids, embeds, hidden, finished, rows)
+        yield ThinkerStep(index, token_ids, embeds, hidden, finished, rows, layer_hidden if index == 0 else None)
         if bool(finished.all()) or index + 1 == max_new_tokens:
             return
         if drop_finished and bool(finished[rows].any()):

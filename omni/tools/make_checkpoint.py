@@ -300,11 +300,17 @@ def bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
-def write_tokenizer(target: Path) -> None:
+def write_tokenizer(target: Path, added_tokens: list[tuple[str, bool]] | None = None,
+                    config_fields: dict[str, Any] | None = None) -> None:
     """tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json,
-    added_tokens.json: the files of a Qwen2.5-Omni checkpoint's tokenizer."""
+    added_tokens.json: Qwen's BPE with `added_tokens` (content, special) at ids from 151643 on, and
+    tokenizer_config.json's family-specific `config_fields`. The defaults are Qwen2.5-Omni's files
+    (omni.tools.qwen3_checkpoint passes Qwen3-Omni's)."""
     from tokenizers import AddedToken
 
+    added_tokens = ADDED_TOKENS if added_tokens is None else added_tokens
+    if config_fields is None:
+        config_fields = {"model_max_length": 32768, "processor_class": "Qwen2_5OmniProcessor", **PROCESSOR_TOKENS}
     ranks = qwen_bpe_ranks()
     to_unicode = byte_to_unicode()
 
@@ -317,10 +323,10 @@ def write_tokenizer(target: Path) -> None:
         raise OmniError(f"expected {FIRST_ADDED_ID} BPE tokens, the rank file has {len(vocab)}")
 
     backend = qwen_bpe_backend(vocab, merges)
-    for content, special in ADDED_TOKENS:
+    for content, special in added_tokens:
         token = AddedToken(content, special=special, normalized=False)
         backend.add_special_tokens([token]) if special else backend.add_tokens([token])
-    for offset, (content, _) in enumerate(ADDED_TOKENS):
+    for offset, (content, _) in enumerate(added_tokens):
         if backend.token_to_id(content) != FIRST_ADDED_ID + offset:
             raise OmniError(f"{content} landed at id {backend.token_to_id(content)}, not {FIRST_ADDED_ID + offset}")
     backend.save(str(target / "tokenizer.json"))
@@ -334,7 +340,7 @@ def write_tokenizer(target: Path) -> None:
             "content": content, "lstrip": False, "normalized": False, "rstrip": False,
             "single_word": False, "special": special,
         }
-        for offset, (content, special) in enumerate(ADDED_TOKENS)
+        for offset, (content, special) in enumerate(added_tokens)
     }
     config = {
         "add_bos_token": False,
@@ -344,29 +350,35 @@ def write_tokenizer(target: Path) -> None:
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
-        "model_max_length": 32768,
         "pad_token": "<|endoftext|>",
-        "processor_class": "Qwen2_5OmniProcessor",
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
-        **PROCESSOR_TOKENS,
+        **config_fields,
     }
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     special_map = {
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
-        "additional_special_tokens": [content for content, special in ADDED_TOKENS[1:] if special],
+        "additional_special_tokens": [content for content, special in added_tokens[1:] if special],
     }
     (target / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2), encoding="utf-8")
-    added = {content: FIRST_ADDED_ID + offset for offset, (content, _) in enumerate(ADDED_TOKENS)}
+    added = {content: FIRST_ADDED_ID + offset for offset, (content, _) in enumerate(added_tokens)}
     (target / "added_tokens.json").write_text(json.dumps(added, indent=2), encoding="utf-8")
 
 
-def cached_checkpoint(preset: str, cache_dir: str | os.PathLike | None = None) -> Path:
+def cached_checkpoint(preset: str, cache_dir: str | os.PathLike | None = None, family: str = "qwen2_5") -> Path:
     """The checkpoint of `preset`, built once and reused while the code that builds it is unchanged
-    (tests and benchmarks share it). Default cache: $OMNI_TEST_CACHE or .omni-cache/ in the repo."""
+    (tests and benchmarks share it). Default cache: $OMNI_TEST_CACHE or .omni-cache/ in the repo.
+    `family` "qwen3" gives the Qwen3-Omni checkpoint (omni.tools.qwen3_checkpoint)."""
     import hashlib
+
+    if family == "qwen3":
+        from omni.tools.qwen3_checkpoint import cached_qwen3_checkpoint
+
+        return cached_qwen3_checkpoint(preset, cache_dir)
+    if family != "qwen2_5":
+        raise OmniError(f"unknown checkpoint family {family!r}; choose qwen2_5 or qwen3")
 
     import transformers
 

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from omni.chat import AUDIO_SYSTEM_PROMPT
 from omni.errors import OmniError
 from omni.pipeline import text_tokens_heard
+from omni.speech import codec_timing
 from omni.server.errors import from_omni_error
 from omni.server.realtime.conversation import Conversation, item_from_client, user_audio_item
 from omni.server.realtime.input_audio import InputAudio, decode_pcm16
@@ -30,7 +31,6 @@ from omni.server.realtime.settings import SessionSettings, apply_change, respons
 from omni.session import OmniSession
 
 log = logging.getLogger("omni.server.realtime")
-CODEC_TOKENS_PER_SECOND = 50  # Qwen2.5-Omni's codec rate, for cutting an older item by time heard
 
 
 class SessionClosed(Exception):
@@ -259,11 +259,15 @@ class RealtimeConnection:
                                            audio_end_ms=event.audio_end_ms))
 
     def _cut_text(self, text: str, item, audio_end_ms: int) -> str:
-        tokenizer = self.server.state.loaded.tokenizer
+        loaded = self.server.state.loaded
+        tokenizer = loaded.tokenizer
         tokens = tokenizer.encode(text)
-        codes = item.audio_ms * CODEC_TOKENS_PER_SECOND // 1000
-        heard = audio_end_ms * CODEC_TOKENS_PER_SECOND // 1000
-        keep = text_tokens_heard(heard, len(tokens), codes, speech_complete=item.status == "completed")
+        timing = codec_timing(loaded)
+        codes_per_second = timing.sample_rate_hz / timing.samples_per_code  # 50 (Qwen2.5-Omni), 12.5 (Qwen3)
+        codes = int(item.audio_ms * codes_per_second) // 1000
+        heard = int(audio_end_ms * codes_per_second) // 1000
+        keep = text_tokens_heard(heard, len(tokens), codes, speech_complete=item.status == "completed",
+                                 codes_per_text_token=timing.codes_per_text_token)
         return tokenizer.decode(tokens[:keep])
 
     # -- responses -----------------------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""The surfaces above OmniSession serve a Qwen3-Omni checkpoint unchanged: the OpenAI-compatible HTTP
+server (streamed speech, its voices) and the Realtime WebSocket API (a text turn answered with audio,
+then a truncation cut at 80 ms frames)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import numpy as np
+import pytest
+
+from omni.server.app import ServerConfig
+from tests.omni.server.conftest import start_server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def qwen3_server(qwen3_tiny_checkpoint):
+    from omni.loading import load_model
+
+    loaded = load_model(qwen3_tiny_checkpoint, dtype="fp32")
+    running = start_server(loaded, ServerConfig(model_name="qwen3-tiny", max_concurrent=2, max_queue=4,
+                                                default_max_tokens=4))
+    yield running
+    running.stop()
+
+
+def test_models_and_streamed_speech_over_http(qwen3_server):
+    stats = httpx.get(f"{qwen3_server.base_url}/health", timeout=10)
+    assert stats.status_code == 200
+    chunks = list(qwen3_server.openai().chat.completions.create(
+        model="qwen3-tiny", messages=[{"role": "user", "content": "Say hello."}], max_tokens=3, temperature=0, seed=1,
+        modalities=["text", "audio"], audio={"voice": "Chelsie", "format": "pcm16"}, stream=True,
+        stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    audio = [d.audio for d in deltas if d.audio is not None]
+    pcm = b"".join(base64.b64decode(a.data) for a in audio if a.data)
+    transcript = "".join(a.transcript or "" for a in audio)
+    assert transcript and len(pcm) >= 2 * 1365  # at least the first frame's samples (1920 - 555)
+    samples = np.frombuffer(pcm, dtype="<i2")
+    assert samples.std() > 10  # not silence
+    usage = chunks[-1].usage
+    # audio tokens are Qwen3 frames: one per 1920 samples of 24 kHz audio, give or take the codec's held-back tail
+    frames = usage.completion_tokens_details.audio_tokens
+    assert frames > 0 and abs(frames * 1920 - 555 - samples.size) <= 1920
+
+
+def test_unknown_voice_is_a_400_naming_the_voices(qwen3_server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="Ethan"):
+        qwen3_server.openai().chat.completions.create(
+            model="qwen3-tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+            modalities=["text", "audio"], audio={"voice": "Nobody", "format": "wav"})
+
+
+def test_realtime_text_turn_answered_with_audio(qwen3_server):
+    pytest.importorskip("websockets", reason="the realtime tests need openai[realtime] (websockets)")
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=qwen3_server.v1, websocket_base_url=qwen3_server.v1.replace("http", "ws"),
+                         api_key="unused", max_retries=0)
+
+    async def events_until(connection, last_type):
+        events = []
+        while True:
+            event = await asyncio.wait_for(connection.recv(), 60)
+            events.append(event)
+            if event.type == last_type:
+                return events
+
+    async def scenario():
+        async with client.realtime.connect(model="qwen3-tiny") as connection:
+            await connection.recv()
+            await connection.session.update(session={"type": "realtime", "max_output_tokens": 3,
+                                                     "audio": {"output": {"voice": "aiden"}}})
+            await connection.recv()
+            await connection.conversation.item.create(item={"type": "message", "role": "user",
+                                                            "content": [{"type": "input_text", "text": "Hi!"}]})
+            await events_until(connection, "conversation.item.done")
+            await connection.response.create()
+            return await events_until(connection, "response.done")
+
+    events = asyncio.run(asyncio.wait_for(scenario(), 240))
+    pcm = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta")
+    assert len(pcm) >= 2 * 1365
+    done = events[-1].response
+    assert done.usage.output_token_details.audio_tokens > 0
+
+
+def test_batched_eval_equals_one_by_one(qwen3_tiny_checkpoint, tmp_path):
+    """omni eval batches several left-padded prompts (images: deepstack features at each row's own
+    positions; audio: several clips in one feature call): greedy answers equal those of batches of one."""
+    import json
+
+    from omni.eval.data import load_vqa
+    from omni.eval.runner import run_eval
+    from omni.loading import load_model
+    from omni.tools.media_factory import drawing
+
+    rows = []
+    for index, (width, height) in enumerate([(84, 56), (64, 64), (120, 40)]):
+        drawing(width, height, seed=index).save(tmp_path / f"{index}.png")
+        rows.append({"id": f"q{index}", "image": f"{index}.png", "question": "What is shown?" + " Be brief." * index,
+                     "answer": "shapes"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loaded = load_model(qwen3_tiny_checkpoint, dtype="fp32", audio_output=False)
+
+    def predictions(batch_size: int) -> dict:
+        out = tmp_path / f"batch{batch_size}"
+        run_eval("vqa", loaded, load_vqa(manifest), out, batch_size=batch_size, max_new_tokens=5, progress=False)
+        return {r["id"]: r["prediction"] for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+
+    together, alone = predictions(3), predictions(1)
+    assert together == alone
+    assert all(text for text in together.values())
