@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from omni.kv_cache import KVCache
+from omni.lm_head import FastLogits
 from omni.qwen3.config import ThinkerConfig
 from omni.qwen3.decoder import Qwen3Decoder
 
@@ -30,6 +31,8 @@ class Thinker(nn.Module):
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        else:
+            self._logits = FastLogits(self.lm_head, self.model.layers)  # column-major weight (omni.lm_head)
         if encoders:
             # imported here so that the language model is usable without the encoder packages
             from omni.encoders.qwen3.audio_encoder import AudioEncoder
@@ -54,7 +57,9 @@ class Thinker(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of final hidden states (..., hidden) -> (..., vocab)."""
-        return self.lm_head(hidden)
+        if self.config.tie_word_embeddings:
+            return self.lm_head(hidden)
+        return self._logits(hidden)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
         return self.model.new_cache(batch_size, capacity)
