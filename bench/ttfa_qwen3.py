@@ -88,7 +88,7 @@ def run(args) -> dict:
     def omni_run(streaming: bool):
         session = OmniSession(loaded, sampling=SamplingParams(do_sample=False), system_prompt=None)
         speech = SpeechOptions(voice="Ethan", streaming=streaming, talker=TalkerOptions(
-            sampling=SamplingParams(do_sample=False, repetition_penalty=1.05), max_codes=talker_tokens,
+            sampling=SamplingParams(do_sample=False, repetition_penalty=1.05), max_codes=args.frames,
             codes_per_text_token=None))
         start = time.perf_counter()
         first_audio = None

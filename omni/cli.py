@@ -184,10 +184,12 @@ def _speak_reply(session, message, args: argparse.Namespace, speak: bool, player
 
     speech = None
     if speak and args.max_speech_seconds is not None:
-        from omni.speech import SpeechOptions
+        from omni.speech import SpeechOptions, codec_timing
         from omni.talker.generate import TalkerOptions
 
-        codes = max(1, int(args.max_speech_seconds * 50))  # the codec runs at 50 tokens per second
+        # codes per second: 50 for Qwen2.5-Omni's codec tokens, 12.5 for Qwen3-Omni's frames
+        timing = codec_timing(session.model)
+        codes = max(1, int(args.max_speech_seconds * timing.sample_rate_hz / timing.samples_per_code))
         speech = SpeechOptions(talker=TalkerOptions(max_codes=codes))
     stop = threading.Event()
     stream = playback = None

@@ -28,7 +28,9 @@ DEFAULT_TALKER_SAMPLING = SamplingParams(do_sample=True, temperature=0.9, top_k=
 @dataclass(frozen=True)
 class TalkerOptions:
     sampling: SamplingParams = DEFAULT_TALKER_SAMPLING
-    max_codes: int = 4096  # the reference's talker_max_new_tokens
+    # the most codes the codec receives: the reference's talker_max_new_tokens (Qwen3-Omni: frames of 16
+    # codes, its talker_max_new_tokens minus one; omni.qwen3.speech)
+    max_codes: int = 4096
     # A safety bound the reference lacks: speech runs at roughly 10-20 codes (0.2-0.4 s) per text
     # token, so a Talker still talking long after the text cannot be saying it. Once the text is
     # complete the utterance is capped at `codes_per_text_token` per token plus `extra_codes`.

@@ -343,5 +343,7 @@ def _talker_options(options, voice: str) -> TalkerOptions:
     else:
         talker = SamplingParams(repetition_penalty=sampling.repetition_penalty, seed=sampling.seed)
         predictor = SamplingParams(seed=sampling.seed)
+    # max_codes counts what the codec receives (frames here); the Talker's max_new_tokens counts its group-0
+    # tokens, of which the last never gets its residual codes (the reference's talker_max_new_tokens)
     return TalkerOptions(speaker=voice.lower(), sampling=talker, code_predictor_sampling=predictor,
-                         max_new_tokens=options.talker.max_codes)
+                         max_new_tokens=options.talker.max_codes + 1)

@@ -25,7 +25,7 @@ from omni.speech import SpeechOptions
 pytestmark = pytest.mark.parity
 
 THINKER_TOKENS = 6
-TALKER_TOKENS = 12
+TALKER_TOKENS = 12  # the reference's talker_max_new_tokens: 11 frames (its last token gets no residual codes)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def _assert_same_reply(session, reply, prompt_ids, text_ids, codes) -> None:
 def _omni_reply(loaded, messages, engine: bool):
     session = OmniSession(loaded, system_prompt=None, max_new_tokens=THINKER_TOKENS, sampling=SamplingParams(),
                           engine=engine)
-    speech = SpeechOptions(voice="Ethan", talker=TalkerOptions(sampling=SamplingParams(), max_codes=TALKER_TOKENS,
+    speech = SpeechOptions(voice="Ethan", talker=TalkerOptions(sampling=SamplingParams(), max_codes=TALKER_TOKENS - 1,
                                                                codes_per_text_token=None))
     reply = session.reply(messages, return_audio=True, speech=speech)
     return session, reply
@@ -203,7 +203,7 @@ def test_second_turn_reply_matches_reference(pair):
     Talker (Qwen3TalkerContext); the reference reads the same tokens fresh."""
     reference, loaded, _ = pair
     session, _ = _omni_reply(loaded, [{"role": "user", "content": "Tell me about rivers."}], engine=False)
-    speech = SpeechOptions(voice="Ethan", talker=TalkerOptions(sampling=SamplingParams(), max_codes=TALKER_TOKENS,
+    speech = SpeechOptions(voice="Ethan", talker=TalkerOptions(sampling=SamplingParams(), max_codes=TALKER_TOKENS - 1,
                                                                codes_per_text_token=None))
     second = session.reply([{"role": "user", "content": "And lakes?"}], return_audio=True, speech=speech)
     fed = session.state.fed_token_ids

@@ -118,3 +118,54 @@ def test_batched_eval_equals_one_by_one(qwen3_tiny_checkpoint, tmp_path):
     together, alone = predictions(3), predictions(1)
     assert together == alone
     assert all(text for text in together.values())
+
+
+def test_omni_run_speaks_into_a_wav_file(qwen3_tiny_checkpoint, tmp_path, capsys):
+    """`omni run ckpt/qwen3-tiny --prompt ...` speaks (the CLI, in process)."""
+    import wave
+
+    from omni import cli
+
+    out = tmp_path / "reply.wav"
+    code = cli.main(["run", str(qwen3_tiny_checkpoint), "--prompt", "Hello", "--max-new-tokens", "3", "--voice",
+                     "Aiden", "--max-speech-seconds", "1", "--seed", "1", "--out", str(out), "--stats"])
+    assert code == 0
+    with wave.open(str(out)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+        assert 0 < wav.getnframes() <= 24000 + 1920  # --max-speech-seconds 1, whole frames
+    assert "[stats: weights" in capsys.readouterr().err
+
+
+def test_demo_conversation_streams_speech(qwen3_tiny_checkpoint, tmp_path):
+    from omni.demo.turn import Conversation, ReplySettings
+    from omni.loading import load_model
+
+    loaded = load_model(qwen3_tiny_checkpoint, dtype="fp32")
+    conversation = Conversation(loaded, media_dir=tmp_path)
+    updates = list(conversation.reply(conversation.user_turn("Say something"), ReplySettings(
+        max_new_tokens=4, temperature=0.0, speak=True, voice="Chelsie")))
+    assert updates[-1].error is None, updates[-1].error
+    chunks = [u.audio_wav for u in updates if u.audio_wav]
+    assert chunks and all(c[:4] == b"RIFF" and len(c) > 44 for c in chunks)
+    assert updates[-1].first_audio_s is not None and updates[-1].done.text
+
+
+@pytest.mark.parametrize(("grid", "seconds_per_grid", "audio_tokens"), [
+    ((3, 4, 4), 2.0, 40), ((5, 2, 4), 0.5, 7), ((2, 4, 2), 1.0, 60), ((4, 2, 2), 0.3333, 13)])
+def test_audio_in_video_interleaves_as_the_processor_does(qwen3_tiny_checkpoint, grid, seconds_per_grid,
+                                                           audio_tokens):
+    """A video with its sound track expands like Qwen3OmniMoeProcessor.replace_video_with_audio_token:
+    video and audio tokens merged by time, between <|audio_start|> and <|audio_end|>."""
+    from transformers import AutoProcessor
+
+    from omni.encoders.image_processing import PatchGeometry
+    from omni.qwen3.config import load_config
+    from omni.qwen3.prompt_rules import interleave_by_time
+
+    processor = AutoProcessor.from_pretrained(qwen3_tiny_checkpoint)
+    config = load_config(qwen3_tiny_checkpoint).thinker
+    expected = processor.replace_video_with_audio_token(
+        {"video_grid_thw": [list(grid)], "video_second_per_grid": [seconds_per_grid]}, 0,
+        {"num_audio_tokens": [audio_tokens]}, 0, position_id_per_seconds=config.position_id_per_seconds)
+    got = interleave_by_time(grid, seconds_per_grid, audio_tokens, PatchGeometry(16, 2, 2), config)
+    assert processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize(expected)) == got
