@@ -37,11 +37,14 @@ def sinusoid_table(length: int, channels: int, max_timescale: float = 10000.0, d
 
 
 class AudioAttention(nn.Module):
-    def __init__(self, config: AudioEncoderConfig) -> None:
+    """Whisper-style attention within segments. key_bias: Qwen3-Omni's AuT has a bias on its key
+    projection; Qwen2.5-Omni's encoder (Whisper's) has none."""
+
+    def __init__(self, config: AudioEncoderConfig, key_bias: bool = False) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.d_model // config.num_heads
-        self.k_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.k_proj = nn.Linear(config.d_model, config.d_model, bias=key_bias)
         self.v_proj = nn.Linear(config.d_model, config.d_model, bias=True)
         self.q_proj = nn.Linear(config.d_model, config.d_model, bias=True)
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=True)
@@ -56,9 +59,9 @@ class AudioAttention(nn.Module):
 
 
 class AudioEncoderLayer(nn.Module):
-    def __init__(self, config: AudioEncoderConfig) -> None:
+    def __init__(self, config: AudioEncoderConfig, key_bias: bool = False) -> None:
         super().__init__()
-        self.self_attn = AudioAttention(config)
+        self.self_attn = AudioAttention(config, key_bias)
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model)

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from omni.encoders.audio_encoder import AudioEncoderLayer, sinusoid_table
 from torch import nn
 
-from omni.encoders.audio_encoder import sinusoid_table
-from omni.encoders.segment_attention import segment_attention
 from omni.layers import activation
 from omni.qwen3.config import AudioEncoderConfig
 
@@ -74,46 +73,6 @@ def window_cu_seqlens(feature_lens: torch.Tensor, n_window: int, n_window_infer:
     return F.pad(lengths.cumsum(0), (1, 0))
 
 
-class AudioAttention(nn.Module):
-    # Like Qwen2.5-Omni's audio attention, but AuT's key projection has a bias.
-    def __init__(self, config: AudioEncoderConfig) -> None:
-        super().__init__()
-        self.num_heads = config.num_heads
-        self.head_dim = config.d_model // config.num_heads
-        self.k_proj = nn.Linear(config.d_model, config.d_model, bias=True)
-        self.v_proj = nn.Linear(config.d_model, config.d_model, bias=True)
-        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=True)
-        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=True)
-
-    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        seq = hidden.shape[0]
-        q = self.q_proj(hidden).reshape(seq, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden).reshape(seq, self.num_heads, self.head_dim)
-        v = self.v_proj(hidden).reshape(seq, self.num_heads, self.head_dim)
-        out = segment_attention(q, k, v, cu_seqlens, scale=self.head_dim**-0.5)
-        return self.out_proj(out.reshape(seq, -1))
-
-
-class AudioEncoderLayer(nn.Module):
-    def __init__(self, config: AudioEncoderConfig) -> None:
-        super().__init__()
-        self.self_attn = AudioAttention(config)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
-        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
-        self.act = activation(config.activation)
-
-    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.self_attn_layer_norm(hidden), cu_seqlens)
-        hidden = hidden + self.fc2(self.act(self.fc1(self.final_layer_norm(hidden))))
-        if hidden.dtype == torch.float16:
-            # fp16 activations of this encoder overflow on loud inputs (the reference clamps too)
-            limit = torch.finfo(torch.float16).max - 1000
-            hidden = hidden.clamp(-limit, limit)
-        return hidden
-
-
 class AudioEncoder(nn.Module):
     def __init__(self, config: AudioEncoderConfig) -> None:
         super().__init__()
@@ -128,7 +87,8 @@ class AudioEncoder(nn.Module):
         self.conv2d2 = nn.Conv2d(channels, channels, 3, 2, padding=1)
         self.conv2d3 = nn.Conv2d(channels, channels, 3, 2, padding=1)
         self.conv_out = nn.Linear(channels * chunk_tokens(config.num_mel_bins), config.d_model, bias=False)
-        self.layers = nn.ModuleList(AudioEncoderLayer(config) for _ in range(config.num_layers))
+        # Qwen2.5-Omni's encoder layer, with AuT's key-projection bias
+        self.layers = nn.ModuleList(AudioEncoderLayer(config, key_bias=True) for _ in range(config.num_layers))
         self.ln_post = nn.LayerNorm(config.d_model)
         self.proj1 = nn.Linear(config.d_model, config.d_model)
         self.act = activation(config.activation)
