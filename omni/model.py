@@ -30,8 +30,13 @@ class OmniModel(nn.Module):
             self.token2wav = Token2Wav(config.dit, config.bigvgan)
 
     def reset_buffers(self) -> None:
-        """Recompute every non-persistent buffer (rope frequencies, sinusoid tables, filters) on the
-        modules' device, after the tree was built on the meta device and materialised empty."""
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_buffers"):
-                module.reset_buffers()
+        reset_submodule_buffers(self)
+
+
+def reset_submodule_buffers(root: nn.Module) -> None:
+    """Recompute every non-persistent buffer (rope frequencies, sinusoid tables, filters) of `root`'s
+    submodules on their device, after the tree was built on the meta device and materialised empty.
+    Each family's root tree (this one, omni.qwen3.model) calls it."""
+    for module in root.modules():
+        if module is not root and hasattr(module, "reset_buffers"):
+            module.reset_buffers()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from omni.errors import AudioOutputUnavailable
+from omni.model import reset_submodule_buffers
 from omni.qwen3.config import Qwen3OmniConfig
 from omni.qwen3.thinker import Thinker
 
@@ -34,8 +35,4 @@ class Qwen3OmniModel(nn.Module):
             self.thinker.talker_reads_layer = config.talker.accept_hidden_layer
 
     def reset_buffers(self) -> None:
-        """Recompute every non-persistent buffer (rope frequencies, sinusoid tables) on the modules'
-        device, after the tree was built on the meta device and materialised empty."""
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_buffers"):
-                module.reset_buffers()
+        reset_submodule_buffers(self)

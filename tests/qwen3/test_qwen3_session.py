@@ -21,6 +21,7 @@ from omni.qwen3.weights import load_weights
 from omni.sampling import SamplingParams
 from omni.session import OmniSession
 from omni.speech import SpeechOptions
+from tests.qwen3_reference import widen_random_weights
 
 pytestmark = pytest.mark.parity
 
@@ -44,16 +45,7 @@ def _pair(checkpoint):
     for module in reference.modules():
         if hasattr(module, "config") and getattr(module.config, "_experts_implementation", None) not in (None, "eager"):
             module.config._experts_implementation = "eager"
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in reference.talker.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.copy_(1.0 + 0.1 * torch.randn(parameter.shape, generator=generator))
-            else:
-                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
-        for name, parameter in reference.thinker.named_parameters():
-            if "embed_tokens" in name or "lm_head" in name:
-                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    widen_random_weights(reference)
     loaded = load_model(checkpoint, dtype="fp32")
     assert loaded.family == "qwen3_omni_moe" and loaded.audio_output
     report = load_weights(loaded.model, reference.state_dict().items())

@@ -13,12 +13,18 @@ import copy
 
 import pytest
 import torch
+from omni.talker.qwen3.talker import Talker
+from omni.talker.qwen3.talker_stream import (
+    TalkerOptions,
+    TalkerPrompt,
+    TalkerStream,
+    talker_positions,
+)
 
 from omni.qwen3.config import parse_config
 from omni.qwen3.weights import load_weights
-from omni.talker.qwen3.talker import Talker
-from omni.talker.qwen3.talker_stream import TalkerOptions, TalkerPrompt, TalkerStream, talker_positions
 from omni.tools.qwen3_presets import PRESETS
+from tests.qwen3_reference import widen_random_weights
 
 pytestmark = pytest.mark.parity
 
@@ -42,18 +48,7 @@ def models():
         sub._experts_implementation = "eager"
     torch.manual_seed(0)
     reference = Qwen3OmniMoeForConditionalGeneration(config).eval()
-    # Wider random weights than the init's 0.02, so that logits are well separated (greedy choices are not
-    # near-ties that a last-bit difference could flip) and the Talker's choices vary from frame to frame.
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in reference.talker.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.copy_(1.0 + 0.1 * torch.randn(parameter.shape, generator=generator))
-            else:
-                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
-        for name, parameter in reference.thinker.named_parameters():
-            if "embed_tokens" in name or "lm_head" in name:
-                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    widen_random_weights(reference)
     omni_config = parse_config(_preset_config())
     talker = Talker(omni_config.talker).eval()
     report = load_weights(talker, reference.talker.state_dict().items())
