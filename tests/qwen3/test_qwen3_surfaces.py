@@ -169,3 +169,47 @@ def test_audio_in_video_interleaves_as_the_processor_does(qwen3_tiny_checkpoint,
         {"num_audio_tokens": [audio_tokens]}, 0, position_id_per_seconds=config.position_id_per_seconds)
     got = interleave_by_time(grid, seconds_per_grid, audio_tokens, PatchGeometry(16, 2, 2), config)
     assert processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize(expected)) == got
+
+
+def test_truncate_reply_cuts_by_frames_and_the_next_turn_continues(qwen3_tiny_checkpoint):
+    """A spoken Qwen3 reply cut to what was heard (the Realtime API's truncate): text, Thinker cache and
+    Talker context keep the heard tokens (3.75 frames of 80 ms per text token), and the next turn speaks
+    exactly as the same conversation read from nothing (a consistency check of omni's own turns, not a
+    comparison with the reference)."""
+    import math
+    import threading
+
+    from omni.pipeline import ReplyOptions, ReplyRecord, run_reply
+    from omni.qwen3.speech import FRAMES_PER_TEXT_TOKEN
+    from omni.loading import load_model
+    from omni.sampling import SamplingParams
+    from omni.session import OmniSession
+    from omni.speech import SpeechOptions
+    from omni.talker.generate import TalkerOptions
+    from omni.thinker.generate import text_prompt
+
+    loaded = load_model(qwen3_tiny_checkpoint, dtype="fp32")
+    greedy = SamplingParams()
+    speech = SpeechOptions(voice="Ethan", talker=TalkerOptions(sampling=SamplingParams(), max_codes=30,
+                                                               codes_per_text_token=None))
+    session = OmniSession(loaded, sampling=greedy, system_prompt=None, engine=False)
+    first = session.reply("Tell me about rivers.", return_audio=True, max_new_tokens=12, speech=speech)
+    spoken = session.state.last_spoken
+    assert spoken is not None and len(spoken.token_ids) == first.done.usage.text_tokens
+    heard_s = 0.4  # 5 frames: the Talker never said eos, so the cut goes by the rate
+    kept = min(len(spoken.token_ids), math.ceil(int(heard_s * 12.5) / FRAMES_PER_TEXT_TOKEN))
+    assert 1 <= kept < len(spoken.token_ids)
+    text = session.truncate_reply(heard_s)
+    state = session.state
+    assert text == loaded.tokenizer.decode(spoken.token_ids[:kept])
+    assert state.cache.length == len(state.fed_token_ids) == state.talker_context.length
+    fed, pending = list(state.fed_token_ids), list(state.pending_token_ids)
+
+    second = session.reply("And lakes?", return_audio=True, max_new_tokens=6, speech=speech)
+    full = session.state.fed_token_ids[:len(fed) + second.done.usage.prompt_tokens]
+    assert full[:len(fed)] == fed and full[len(fed):len(fed) + len(pending)] == pending
+    cache = loaded.model.thinker.new_cache(1, len(full) + 8)
+    events = list(run_reply(loaded, text_prompt([full], pad_id=loaded.generation.pad_token_id),
+                            ReplyOptions(6, greedy, speech), cache, threading.Event(), ReplyRecord()))
+    assert events[-1].text == second.text
+    assert events[-1].codec_codes == second.done.codec_codes and len(second.done.codec_codes) >= 4
