@@ -20,6 +20,7 @@ from torch import nn
 from omni.config import DecoderConfig
 from omni.kv_cache import KVCache
 from omni.layers import GatedMLP, RMSNorm
+from omni.linear import Linear
 from omni.rope import apply_rotary, inverse_frequencies, mrope_cos_sin, section_index
 
 
@@ -36,10 +37,10 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.heads_per_kv = self.num_heads // self.num_kv_heads
         self.scale = self.head_dim**-0.5
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=output_bias)
+        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=output_bias)
         if qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)

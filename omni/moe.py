@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.layers import GatedMLP, activation
+from omni.linear import Linear
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -148,11 +149,11 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k = top_k
         self.norm_topk_prob = norm_topk_prob
-        self.gate = nn.Linear(hidden_size, num_experts, bias=False)
+        self.gate = Linear(hidden_size, num_experts, bias=False)
         self.experts = Experts(hidden_size, moe_intermediate_size, num_experts, act)
         if shared_expert_intermediate_size > 0:
             self.shared_expert = GatedMLP(hidden_size, shared_expert_intermediate_size, act)
-            self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False)
+            self.shared_expert_gate = Linear(hidden_size, 1, bias=False)
         else:
             self.shared_expert = None
             self.shared_expert_gate = None

@@ -13,6 +13,7 @@ from torch import nn
 from omni.config import TalkerConfig
 from omni.decoder import QwenDecoder
 from omni.kv_cache import KVCache
+from omni.linear import Linear
 
 
 class Talker(nn.Module):
@@ -20,9 +21,9 @@ class Talker(nn.Module):
         super().__init__()
         self.config = config
         decoder = config.decoder
-        self.thinker_to_talker_proj = nn.Linear(decoder.embedding_size, decoder.hidden_size)
+        self.thinker_to_talker_proj = Linear(decoder.embedding_size, decoder.hidden_size)
         self.model = QwenDecoder(decoder)
-        self.codec_head = nn.Linear(decoder.hidden_size, decoder.vocab_size, bias=False)
+        self.codec_head = Linear(decoder.hidden_size, decoder.vocab_size, bias=False)
 
     @property
     def device(self) -> torch.device:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from omni.kv_cache import KVCache
+from omni.linear import Linear
 from omni.lm_head import FastLogits
 from omni.qwen3.config import ThinkerConfig
 from omni.qwen3.decoder import Qwen3Decoder
@@ -28,11 +29,10 @@ class Thinker(nn.Module):
         super().__init__()
         self.config = config
         self.model = Qwen3Decoder(config.text)
-        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        else:
-            self._logits = FastLogits(self.lm_head, self.model.layers)  # column-major weight (omni.lm_head)
+        self._logits = FastLogits(self.lm_head, self.model.layers, column_major=not config.tie_word_embeddings)
         if encoders:
             # imported here so that the language model is usable without the encoder packages
             from omni.encoders.qwen3.audio_encoder import AudioEncoder
@@ -57,8 +57,6 @@ class Thinker(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of final hidden states (..., hidden) -> (..., vocab)."""
-        if self.config.tie_word_embeddings:
-            return self.lm_head(hidden)
         return self._logits(hidden)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:

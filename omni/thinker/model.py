@@ -11,6 +11,7 @@ from omni.encoders.vision_encoder import VisionEncoder
 from omni.config import ThinkerConfig
 from omni.decoder import QwenDecoder
 from omni.kv_cache import KVCache
+from omni.linear import Linear
 from omni.lm_head import FastLogits
 
 
@@ -19,7 +20,7 @@ class Thinker(nn.Module):
         super().__init__()
         self.config = config
         self.model = QwenDecoder(config.text)
-        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         self.audio_tower = AudioEncoder(config.audio)
         self.visual = VisionEncoder(config.vision)
         self._logits = FastLogits(self.lm_head, self.model.layers)

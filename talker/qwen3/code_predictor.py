@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from omni.kv_cache import KVCache
+from omni.linear import Linear
 from omni.qwen3.config import DenseDecoderConfig
 from omni.qwen3.decoder import Qwen3Decoder
 
@@ -42,7 +43,7 @@ class CodePredictor(nn.Module):
             nn.Embedding(config.vocab_size, config.hidden_size) for _ in range(residual_groups)
         )
         self.lm_head = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.vocab_size, bias=False) for _ in range(residual_groups)
+            Linear(config.hidden_size, config.vocab_size, bias=False) for _ in range(residual_groups)
         )
 
     @property

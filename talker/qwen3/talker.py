@@ -18,6 +18,7 @@ from torch import nn
 
 from omni.kv_cache import KVCache
 from omni.layers import activation
+from omni.linear import Linear
 from omni.qwen3.config import TalkerConfig
 from omni.qwen3.decoder import Qwen3Decoder
 from omni.talker.qwen3.code_predictor import CodePredictor
@@ -28,8 +29,8 @@ class ResizeMLP(nn.Module):
 
     def __init__(self, in_size: int, intermediate_size: int, out_size: int, act: str) -> None:
         super().__init__()
-        self.linear_fc1 = nn.Linear(in_size, intermediate_size, bias=True)
-        self.linear_fc2 = nn.Linear(intermediate_size, out_size, bias=True)
+        self.linear_fc1 = Linear(in_size, intermediate_size, bias=True)
+        self.linear_fc2 = Linear(intermediate_size, out_size, bias=True)
         self.act = activation(act)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ class Talker(nn.Module):
         self.model = Qwen3Decoder(text, embed=False)
         # The checkpoint names the Talker's token table `model.codec_embedding` (there is no embed_tokens).
         self.model.codec_embedding = nn.Embedding(text.vocab_size, text.hidden_size)
-        self.codec_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.codec_head = Linear(text.hidden_size, text.vocab_size, bias=False)
         self.text_projection = ResizeMLP(config.thinker_hidden_size, text.intermediate_size, text.hidden_size,
                                          text.hidden_act)
         self.hidden_projection = ResizeMLP(config.thinker_hidden_size, text.intermediate_size, text.hidden_size,
