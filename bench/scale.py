@@ -1,17 +1,25 @@
 """Scale-out on Ray Serve: the same concurrent spoken load against 1 replica and against 2.
 
-    python bench/scale.py [--preset tiny|small] [--requests 32] [--concurrency 4] [--repeats 2]
+    python bench/scale.py [--preset tiny|small] [--requests 32] [--concurrency 8] [--repeats 2] [--no-pin]
 
-A local Ray instance with 2 CPUs; every replica gets one CPU (`--replica-cpus 1`, one torch
-thread), so 2 replicas have twice the cores of 1 and the comparison is fair on a 2-core machine.
+A local Ray instance with 2 CPUs; every replica gets one CPU (`--replica-cpus 1`, one torch thread)
+and is pinned to its own core (`--replica-pin-cores`), so 2 replicas have twice the cores of 1 and the
+comparison is fair on a 2-core machine. Without the pinning the limit is Ray's bookkeeping only: one
+replica with one torch thread ran on 1.25-1.5 cores (its engine, encoder and codec threads; /proc
+sampled every 5 s during a run), so "1 replica" had more than one core and two replicas took cores
+from each other (`--no-pin` measures that layout).
 The two layouts take turns over `--repeats` (each turn deploys its layout afresh and sends one
 warm-up request per replica). Per layout: requests per second, p50/p95 time to first audio (from
 sending the request to the first audio byte), errors. `scale_efficiency` = rps(2) / (2 x rps(1));
 goal >= 0.8. The last line is one JSON object.
 
-32 requests per turn by default: with 16 at concurrency 4 a turn lasts 15-30 s, and its ramp and its
-tail (the last requests running with fewer than 4 in flight) weigh so much that scale_efficiency moved
-between 0.69 and 0.76 on quiet runs of this 2-core EPYC; 32 per turn gave 0.81 and 0.78 (stop 20).
+The load is `--concurrency` requests in flight, `--requests` per turn. Its default, 8, is one
+replica's `--max-batch`: the load that keeps one replica's batches full, so that requests per second
+is a throughput at saturation for both layouts (at 4 in flight two replicas each run half-empty
+batches of 2, and the figure measures batch fill as much as scale-out). 32 requests per turn: with 16,
+a turn's ramp and tail (the last requests running with fewer in flight) weigh too much.
+Measured on this 2-core EPYC (quiet): unpinned, concurrency 4: 0.69-0.81 over five runs (stop 20);
+pinned, concurrency 4: 0.811; pinned, concurrency 8: 0.867 (0.880 and 0.854 per repeat).
 """
 
 from __future__ import annotations
@@ -79,12 +87,13 @@ async def _load(base: str, requests: int, concurrency: int, max_tokens: int) -> 
             "first_audio_p95_s": firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))] if firsts else None}
 
 
-def _deploy(checkpoint: Path, replicas: int, port: int, max_tokens: int) -> None:
+def _deploy(checkpoint: Path, replicas: int, port: int, max_tokens: int, pin: bool) -> None:
     from ray import serve
 
     args = build_parser().parse_args(["serve", str(checkpoint), "--served-model-name", MODEL, "--dtype", "fp32",
                                       "--replicas", str(replicas), "--replica-cpus", "1", "--max-batch", "8",
-                                      "--default-max-tokens", str(max_tokens), "--kv-gb", "1", "--cache-gb", "0"])
+                                      "--default-max-tokens", str(max_tokens), "--kv-gb", "1", "--cache-gb", "0",
+                                      *(["--replica-pin-cores"] if pin else [])])
     serve.run(build_application(args, plan_from_args(args)), name=DEPLOYMENT, route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     asyncio.run(_load(base, replicas, replicas, 4))  # warm-up: one request per replica
@@ -94,9 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=12)
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave the replicas unpinned (Ray's CPU count only; see the docstring)")
     args = parser.parse_args()
 
     import ray
@@ -110,7 +121,7 @@ def main() -> None:
     try:
         for repeat in range(args.repeats):
             for replicas in (1, 2):
-                _deploy(checkpoint, replicas, port, args.max_tokens)
+                _deploy(checkpoint, replicas, port, args.max_tokens, pin=not args.no_pin)
                 figures = asyncio.run(_load(f"http://127.0.0.1:{port}", args.requests, args.concurrency,
                                             args.max_tokens))
                 runs[replicas].append(figures)
@@ -132,6 +143,7 @@ def main() -> None:
     one, two = summary(1), summary(2)
     print(json.dumps({"bench": "scale", "preset": args.preset, "cpu": cpu_name(), "cpus": os.cpu_count(),
                       "requests": args.requests, "concurrency": args.concurrency, "repeats": args.repeats,
+                      "pinned": not args.no_pin,
                       "replicas_1": one, "replicas_2": two,
                       "scale_efficiency": round(two["rps"] / (2 * one["rps"]), 3) if one["rps"] else None}))
 

@@ -87,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replicas.add_argument("--replica-cpus", type=float, default=1.0,
                           help="CPUs per replica (its torch threads: this, rounded down, at least 1)")
     replicas.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (fractions share one)")
+    replicas.add_argument("--replica-pin-cores", action="store_true",
+                          help="pin each replica to its own --replica-cpus cores of its node (by its rank on the "
+                               "node), so that replicas on one node never share a core; Ray's CPU count alone "
+                               "limits nothing (see omni.server.replicas)")
     replicas.add_argument("--ray-address", default=None,
                           help="join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
     replicas.add_argument("--drain-s", type=float, default=120.0,

@@ -5,6 +5,14 @@ the Realtime WebSocket, /stats, /metrics) behind Ray's HTTP proxy, which routes 
 a replica with room. What each replica is:
 - its torch thread pool matches its CPU share (`--replica-cpus`, default 1): replicas sharing
   cores with full pools collapse (two torch processes on two cores slowed a reply 50-fold);
+- with `--replica-pin-cores`, it runs on its own cores: Ray's `num_cpus` is bookkeeping, not a limit,
+  and a replica with one torch thread still ran on 1.25-1.5 cores here (its engine, encoder and codec
+  threads each compute; bench/scale.py sampled /proc), taking them from its neighbours. Pinned, the
+  replica of local rank r gets cores r*C .. r*C+C-1 (C = `--replica-cpus`, rounded down, at least 1)
+  of those the node lets it use; a replica whose cores the node does not have runs unpinned and says
+  so on stderr and in /stats. Ray hands a new replica the smallest free local rank, so a replacement
+  takes its predecessor's cores (while a stopping replica still holds its rank, its successor may run
+  unpinned for its life);
 - Ray's `max_ongoing_requests` is the replica's own admission limit (running replies plus open
   realtime sessions), so Ray routes away from a full replica and queues at the proxy instead of the
   replica answering 429 (omni's own queue behind Ray is a small slack, REPLICA_QUEUE_SLACK);
@@ -49,6 +57,7 @@ class ReplicaPlan:
     gpus: float
     max_ongoing_requests: int
     drain_s: float
+    pin_cores: bool = False
 
     @property
     def threads(self) -> int:
@@ -104,7 +113,8 @@ def plan_from_args(args: argparse.Namespace) -> ReplicaPlan | None:
     running = args.max_concurrent if args.max_concurrent is not None else args.max_batch
     realtime = getattr(args, "realtime_max_sessions", 0) or 0
     return ReplicaPlan(replicas=args.replicas, autoscale=autoscale, cpus=args.replica_cpus, gpus=args.replica_gpus,
-                       max_ongoing_requests=running + realtime, drain_s=args.drain_s)
+                       max_ongoing_requests=running + realtime, drain_s=args.drain_s,
+                       pin_cores=getattr(args, "replica_pin_cores", False))
 
 
 def replica_args(args: argparse.Namespace, plan: ReplicaPlan) -> argparse.Namespace:
@@ -114,6 +124,40 @@ def replica_args(args: argparse.Namespace, plan: ReplicaPlan) -> argparse.Namesp
     running = plan.max_ongoing_requests - (getattr(args, "realtime_max_sessions", 0) or 0)
     return argparse.Namespace(**{**vars(args), "threads": plan.threads, "max_concurrent": running, "max_queue": REPLICA_QUEUE_SLACK,
                                  "replicas": None, "autoscale": None})
+
+
+def replica_cores(local_rank: int, cores_each: int, allowed: list[int]) -> list[int] | None:
+    """The cores of the replica of `local_rank` on its node: its own `cores_each` of `allowed` (the
+    node's usable cores, ascending), or None when the node has too few for this rank."""
+    first = local_rank * cores_each
+    if local_rank < 0 or cores_each < 1 or first + cores_each > len(allowed):
+        return None
+    return allowed[first : first + cores_each]
+
+
+def pin_process(cores: list[int]) -> None:
+    """Pin every thread of this process (Ray's own included) to `cores`; threads started later
+    inherit it. (`os.sched_setaffinity(0, ...)` alone pins only the calling thread.)"""
+    import os
+
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cores)
+        except (ProcessLookupError, PermissionError):  # a thread that just ended
+            pass
+
+
+def _pin_replica(local_rank: int | None, plan_cpus: float) -> list[int] | None:
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = replica_cores(local_rank if local_rank is not None else -1, max(1, int(plan_cpus)), allowed)
+    if cores is None:
+        print(f"omni replica (local rank {local_rank}): not pinned: the node lets it use {len(allowed)} cores, "
+              f"too few for {max(1, int(plan_cpus))} each at this rank", file=sys.stderr)
+        return None
+    pin_process(cores)
+    return cores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +241,10 @@ def build_application(args: argparse.Namespace, plan: ReplicaPlan):
 
             context = get_replica_context()
             self.replica_id = context.replica_id.unique_id
+            self.cores: list[int] | None = None
+            if plan.pin_cores:  # before the model loads, so that every thread it starts inherits the cores
+                rank = getattr(context, "rank", None)
+                self.cores = _pin_replica(getattr(rank, "local_rank", rank), plan.cpus)
             self.server_app, self.server_config, self.loaded = build_server(server_args)
             state = self.server_app.state.omni
             state.shared_transcripts = SharedTranscripts()
@@ -206,7 +254,7 @@ def build_application(args: argparse.Namespace, plan: ReplicaPlan):
             return self.server_app
 
         async def replica_stats(self) -> dict:
-            return {"replica": self.replica_id, **await self.server_app.state.stats_body()}
+            return {"replica": self.replica_id, "cores": self.cores, **await self.server_app.state.stats_body()}
 
         async def replica_metrics(self) -> list:
             return self.server_app.state.metric_families(replica=self.replica_id)

@@ -8,6 +8,7 @@ Slow (Ray and two model replicas start in about a minute): marked `slow`, part o
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +91,8 @@ def deployment(tiny_checkpoint):
     ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = _serve_args(tiny_checkpoint, "--replicas", "2", "--replica-cpus", "1", "--max-concurrent", "4")
+    args = _serve_args(tiny_checkpoint, "--replicas", "2", "--replica-cpus", "1", "--max-concurrent", "4",
+                       "--replica-pin-cores")
     serve.run(build_application(args, plan_from_args(args)), name=DEPLOYMENT, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -137,6 +139,9 @@ def test_two_replicas_answer_the_openai_client_and_share_the_work(deployment):
     assert all(r.choices[0].message.content for r in replies)
     replicas = _per_replica(deployment)
     assert len(replicas) == 2 and len({r["replica"] for r in replicas}) == 2
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) >= 2:  # --replica-pin-cores: one core each (local ranks 0 and 1), never the same
+        assert sorted(tuple(r["cores"]) for r in replicas) == [(allowed[0],), (allowed[1],)], replicas
     # both replicas finished replies: Ray spread the concurrent requests
     assert all(sum(r["finished"].values()) >= 1 for r in replicas), replicas
     assert sum(sum(r["finished"].values()) for r in replicas) >= 9
