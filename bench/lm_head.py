@@ -1,6 +1,9 @@
-"""The Thinker's vocabulary projection on the CPU in fp32: PyTorch's plain product over the
-column-major weight (how `Thinker.lm_head` stores it) vs oneDNN's prepacked inner product (the copy
-`Thinker.logits` makes for batched calls), at the real widths.
+"""The Thinker's vocabulary projection on the CPU in fp32, at the real widths: the reference's plain
+product over the checkpoint's row-major weight (`row`, as transformers runs it), the plain product over
+the column-major weight (`plain`, how `Thinker.lm_head` stores it), omni's split product over that
+weight (`split`, omni.linear: one slice of the inputs per thread, what `Thinker.logits` runs for one
+row and, past the small presets, for several) and oneDNN's prepacked inner product (`packed`, the copy
+`Thinker.logits` makes for batched calls where it pays).
 
     python bench/lm_head.py [--widths 256 2048 3584] [--batches 1 2 4 8] [--repeats 9] [--threads N]
 
@@ -11,14 +14,14 @@ width (the 3B checkpoint's 151936, if that is its value, is 0.08% fewer rows: th
 
 What the packed copy buys depends on how much of a batched decoding step the projection is, so
 the same rows also go through one decoder layer's seven projections (q, k, v, o, gate, up, down, as
-nn.Linear runs them in omni/decoder.py) at that model's sizes; a step is about `layers` of those plus
+omni.linear runs them in omni/decoder.py) at that model's sizes; a step is about `layers` of those plus
 the vocabulary projection (attention over the cache, norms and sampling are left out: small at
-short contexts). `step_saving` is the packed copy's share of that step.
+short contexts). `step_saving` is the packed copy's share of that step, against the split product.
 
-Random weights: the product's speed does not depend on the values. The three runs take turns
-(bench/turns.py) after one untimed run each; min and median of `repeats` runs per path. Both
-projections are checked against a float64 product on a slice of the vocabulary. Needs
-2 x 4 x vocab x width bytes plus one layer (5.3 GB at 3584). The last line is JSON.
+Random weights: the product's speed does not depend on the values. The runs take turns
+(bench/turns.py) after one untimed run each; min and median of `repeats` runs per path. Every
+projection is checked against a float64 product on a slice of the vocabulary. Needs
+3 x 4 x vocab x width bytes plus one layer (7.3 GB at 3584). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.turns import take_turns  # noqa: E402
+from omni.linear import linear  # noqa: E402
 
 VOCAB = 152064
 CHECKED_ROWS = 8192  # vocabulary rows compared against float64 (all of them would need 8.7 GB at 3584)
@@ -85,7 +89,7 @@ def _layer_projections(width: int, generator: torch.Generator):
 
     def layer(hidden, wide):
         for weight in weights:
-            F.linear(wide if weight.shape[1] != width else hidden, weight)
+            linear(wide if weight.shape[1] != width else hidden, weight)
     return layer
 
 
@@ -95,11 +99,18 @@ def measure_width(width: int, batches: list[int], repeats: int) -> dict[str, dic
     layer = _layer_projections(width, generator)
     # column-major like Thinker.lm_head.weight: the same (vocab, width) tensor, transposed storage
     weight = (torch.randn(width, VOCAB, generator=generator) * 0.02).t()
+    row_major = weight.contiguous()
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
     exact_weight = weight[:CHECKED_ROWS].double()
 
+    def row(hidden):
+        return F.linear(hidden, row_major)
+
     def plain(hidden):
         return F.linear(hidden, weight)
+
+    def split(hidden):
+        return linear(hidden, weight)
 
     def prepacked(hidden):
         return torch.ops.mkldnn._linear_pointwise(hidden, packed, None, "none", [], "")
@@ -109,26 +120,27 @@ def measure_width(width: int, batches: list[int], repeats: int) -> dict[str, dic
         hidden = torch.randn(batch, width, generator=generator)
         exact = hidden.double() @ exact_weight.t()
         wide = torch.randn(batch, DECODERS[width][1], generator=generator)
-        plain_s, packed_s, layer_s = take_turns(
-            [_timed(plain, hidden), _timed(prepacked, hidden), _timed(lambda h: layer(h, wide), hidden)], repeats)
-        row = {
-            "plain_ms_min": min(plain_s) * 1e3, "plain_ms_median": statistics.median(plain_s) * 1e3,
-            "packed_ms_min": min(packed_s) * 1e3, "packed_ms_median": statistics.median(packed_s) * 1e3,
-            "plain_rel_error": _max_relative_error(plain(hidden), exact),
-            "packed_rel_error": _max_relative_error(prepacked(hidden), exact),
-        }
-        row["layer_ms_median"] = statistics.median(layer_s) * 1e3
-        row["step_ms_estimate"] = layers * row["layer_ms_median"] + row["plain_ms_median"]
-        row["step_saving"] = (row["plain_ms_median"] - row["packed_ms_median"]) / row["step_ms_estimate"]
-        row["speedup_median"] = row["plain_ms_median"] / row["packed_ms_median"]
-        row["speedup_min"] = row["plain_ms_min"] / row["packed_ms_min"]
-        figures[str(batch)] = {k: float(f"{v:.4g}") for k, v in row.items()}
-        print(f"width {width:5d} batch {batch}: plain {row['plain_ms_min']:7.1f} / {row['plain_ms_median']:7.1f} ms, "
-              f"packed {row['packed_ms_min']:7.1f} / {row['packed_ms_median']:7.1f} ms (min / median), "
-              f"packed is {row['speedup_median']:.2f}x; step ~{row['step_ms_estimate']:.0f} ms "
-              f"({layers} x {row['layer_ms_median']:.1f} ms layers), packed saves {100 * row['step_saving']:.1f}% of it; "
-              f"max rel. error vs fp64: plain {row['plain_rel_error']:.1e}, packed {row['packed_rel_error']:.1e}",
-              flush=True)
+        paths = {"row": row, "plain": plain, "split": split, "packed": prepacked}
+        timings = take_turns([_timed(product, hidden) for product in paths.values()]
+                             + [_timed(lambda h: layer(h, wide), hidden)], repeats)
+        row_figures: dict[str, float] = {}
+        for (name, product), seconds in zip(paths.items(), timings):
+            row_figures[f"{name}_ms_min"] = min(seconds) * 1e3
+            row_figures[f"{name}_ms_median"] = statistics.median(seconds) * 1e3
+            row_figures[f"{name}_rel_error"] = _max_relative_error(product(hidden), exact)
+        row_figures["layer_ms_median"] = statistics.median(timings[-1]) * 1e3
+        row_figures["step_ms_estimate"] = layers * row_figures["layer_ms_median"] + row_figures["split_ms_median"]
+        row_figures["step_saving"] = ((row_figures["split_ms_median"] - row_figures["packed_ms_median"])
+                                      / row_figures["step_ms_estimate"])
+        for name in ("plain", "split", "packed"):
+            row_figures[f"{name}_vs_row"] = row_figures["row_ms_median"] / row_figures[f"{name}_ms_median"]
+        figures[str(batch)] = {k: float(f"{v:.4g}") for k, v in row_figures.items()}
+        print(f"width {width:5d} batch {batch}: medians row {row_figures['row_ms_median']:7.1f}, column-major "
+              f"{row_figures['plain_ms_median']:7.1f}, split {row_figures['split_ms_median']:7.1f}, packed "
+              f"{row_figures['packed_ms_median']:7.1f} ms; step ~{row_figures['step_ms_estimate']:.0f} ms ({layers} x "
+              f"{row_figures['layer_ms_median']:.1f} ms layers), packed saves {100 * row_figures['step_saving']:.1f}% "
+              f"of it; max rel. error vs fp64: "
+              + ", ".join(f"{name} {row_figures[f'{name}_rel_error']:.1e}" for name in paths), flush=True)
     return figures
 
 

@@ -18,8 +18,9 @@ replica's `--max-batch`: the load that keeps one replica's batches full, so that
 is a throughput at saturation for both layouts (at 4 in flight two replicas each run half-empty
 batches of 2, and the figure measures batch fill as much as scale-out). 32 requests per turn: with 16,
 a turn's ramp and tail (the last requests running with fewer in flight) weigh too much.
-Measured on this 2-core EPYC (quiet): unpinned, concurrency 4: 0.69-0.81 over five runs (stop 20);
-pinned, concurrency 4: 0.811; pinned, concurrency 8: 0.867 (0.880 and 0.854 per repeat).
+Measured on this 2-core EPYC (quiet, 2 repeats unless said): unpinned, concurrency 4: 0.69-0.81 over
+five runs (stop 20); unpinned, concurrency 8: 0.796; pinned, concurrency 4: 0.811 (1 repeat); pinned,
+concurrency 8 (the defaults): 0.867 and 0.967 on two runs.
 """
 
 from __future__ import annotations
