@@ -147,14 +147,14 @@ def pin_process(cores: list[int]) -> None:
             pass
 
 
-def _pin_replica(local_rank: int | None, plan_cpus: float) -> list[int] | None:
+def _pin_replica(local_rank: int | None, cores_each: int) -> list[int] | None:
     import os
 
     allowed = sorted(os.sched_getaffinity(0))
-    cores = replica_cores(local_rank if local_rank is not None else -1, max(1, int(plan_cpus)), allowed)
+    cores = replica_cores(local_rank if local_rank is not None else -1, cores_each, allowed)
     if cores is None:
         print(f"omni replica (local rank {local_rank}): not pinned: the node lets it use {len(allowed)} cores, "
-              f"too few for {max(1, int(plan_cpus))} each at this rank", file=sys.stderr)
+              f"too few for {cores_each} each at this rank", file=sys.stderr)
         return None
     pin_process(cores)
     return cores
@@ -244,7 +244,7 @@ def build_application(args: argparse.Namespace, plan: ReplicaPlan):
             self.cores: list[int] | None = None
             if plan.pin_cores:  # before the model loads, so that every thread it starts inherits the cores
                 rank = getattr(context, "rank", None)
-                self.cores = _pin_replica(getattr(rank, "local_rank", rank), plan.cpus)
+                self.cores = _pin_replica(getattr(rank, "local_rank", rank), plan.threads)  # its CPU share
             self.server_app, self.server_config, self.loaded = build_server(server_args)
             state = self.server_app.state.omni
             state.shared_transcripts = SharedTranscripts()
